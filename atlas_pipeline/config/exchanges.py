@@ -1,0 +1,179 @@
+"""Typed settings for ``config/exchanges.yaml``: which candles Atlas collects, and from where.
+
+Validation happens here, at load time, so a typo fails ``dagster definitions validate`` with the
+file, key and value instead of failing a run hours into a backfill. ccxt is consulted for its
+offline metadata (exchange ids, supported timeframes, request limits); no request is made.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import ccxt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from atlas_pipeline.config.errors import MISSING, ConfigError, FieldError
+from atlas_pipeline.config.loading import read_yaml, validation_error_to_config_error
+from atlas_pipeline.config.paths import config_dir
+from atlas_pipeline.market_data.candles import timeframe_ms
+
+EXCHANGES_FILE = "exchanges.yaml"
+DEFAULT_HISTORY_START = dt.date(2017, 1, 1)
+# Dagster recommends < 100,000 partitions per asset; 25 symbols x ~3,600 days since 2017 is ~90,000.
+MAX_MARKETS_PER_EXCHANGE = 25
+_MARKET = re.compile(r"^[A-Z0-9]+/[A-Z0-9]+(:[A-Z0-9]+)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ExchangeSettings(BaseModel):
+    """One exchange: its markets and timeframes, and how to reach it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    timeframes: list[str] = Field(min_length=1)
+    markets: list[str] = Field(min_length=1)
+    history_start: dt.date = DEFAULT_HISTORY_START
+    request_limit: int | None = Field(default=None, ge=1)
+    api_url: str | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    min_request_interval_ms: int | None = Field(default=None, ge=0)
+    max_retries: int = Field(default=5, ge=0)
+    api_key_env: str | None = None
+    api_secret_env: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _known_exchange(cls, value: str) -> str:
+        if value not in ccxt.exchanges:
+            raise ValueError("not an exchange id ccxt knows (see ccxt.exchanges)")
+        return value
+
+    @field_validator("timeframes")
+    @classmethod
+    def _valid_timeframes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            timeframe_ms(value)
+        if len(set(values)) != len(values):
+            raise ValueError("lists a timeframe twice")
+        return values
+
+    @field_validator("markets")
+    @classmethod
+    def _valid_markets(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _MARKET.match(value):
+                raise ValueError(f"market {value!r} is not a ccxt symbol such as 'BTC/USDT'")
+        if len(set(values)) != len(values):
+            raise ValueError("lists a market twice")
+        if len(values) > MAX_MARKETS_PER_EXCHANGE:
+            raise ValueError(
+                f"lists {len(values)} markets; at most {MAX_MARKETS_PER_EXCHANGE} fit one asset "
+                "(Dagster recommends < 100,000 partitions per asset, and each market adds one "
+                "partition per day since history_start): split them over two exchange entries"
+            )
+        return values
+
+    @field_validator("history_start")
+    @classmethod
+    def _not_in_future(cls, value: dt.date) -> dt.date:
+        if value > dt.datetime.now(dt.UTC).date():
+            raise ValueError("is in the future")
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError("must be a scheme and host such as 'http://127.0.0.1:8765'")
+        return value.rstrip("/") if value else value
+
+    @field_validator("api_key_env", "api_secret_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError("must be the name of an environment variable, not a key")
+        return value
+
+    @model_validator(mode="after")
+    def _supported_by_exchange(self) -> ExchangeSettings:
+        exchange = _ccxt_class(self.id)()
+        offered = exchange.timeframes or {}
+        for i, tf in enumerate(self.timeframes):
+            if offered and tf not in offered:
+                raise FieldError(f"timeframes[{i}]", tf, f"{self.id} offers {sorted(offered)}")
+        maximum = _max_request_limit(exchange)
+        if self.request_limit is not None and maximum and self.request_limit > maximum:
+            raise FieldError("request_limit", self.request_limit, f"{self.id} returns at most {maximum}")
+        return self
+
+    @cached_property
+    def effective_request_limit(self) -> int:
+        """The configured limit, else what ccxt documents as the exchange's maximum, else 500."""
+        return self.request_limit or _max_request_limit(_ccxt_class(self.id)()) or 500
+
+    def credentials(self) -> dict[str, str]:
+        """API key and secret from the environment; the config only names the variables."""
+        found: dict[str, str] = {}
+        for field, ccxt_name in (("api_key_env", "apiKey"), ("api_secret_env", "secret")):
+            name = getattr(self, field)
+            if name is None:
+                continue
+            value = os.environ.get(name)
+            if not value:
+                raise ValueError(f"exchange {self.id}: {field} names ${name}, which is not set")
+            found[ccxt_name] = value
+        return found
+
+
+class ExchangesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exchanges: dict[str, ExchangeSettings] = Field(min_length=1)
+
+    def get(self, exchange_id: str) -> ExchangeSettings:
+        try:
+            return self.exchanges[exchange_id]
+        except KeyError:
+            raise KeyError(f"exchange {exchange_id!r} is not configured; configured: {sorted(self.exchanges)}") from None
+
+
+def _ccxt_class(exchange_id: str) -> type[ccxt.Exchange]:
+    return getattr(ccxt, exchange_id)
+
+
+def _max_request_limit(exchange: ccxt.Exchange) -> int | None:
+    try:
+        return int(exchange.features["spot"]["fetchOHLCV"]["limit"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def load_exchanges_config(directory: Path | str | None = None) -> ExchangesConfig:
+    """Load and validate ``exchanges.yaml`` from ``directory`` (default: ``config_dir()``)."""
+    path = Path(directory or config_dir()) / EXCHANGES_FILE
+    raw = read_yaml(path)
+    exchanges = raw.get("exchanges", MISSING) if isinstance(raw, dict) else MISSING
+    if not isinstance(exchanges, dict) or not exchanges:
+        raise ConfigError(path, "exchanges", exchanges, "needs a mapping of exchange id -> settings")
+    parsed: dict[str, ExchangeSettings] = {}
+    for exchange_id, settings in exchanges.items():
+        key = f"exchanges.{exchange_id}"
+        if not isinstance(settings, dict):
+            raise ConfigError(path, key, settings, "needs a mapping with timeframes and markets")
+        if "id" in settings:
+            raise ConfigError(path, f"{key}.id", settings["id"], "the exchange id is the key itself")
+        try:
+            parsed[exchange_id] = ExchangeSettings(id=exchange_id, **settings)
+        except ValidationError as error:
+            raise validation_error_to_config_error(error, path, key, {"id": exchange_id, **settings}) from None
+    unknown = set(raw) - {"exchanges"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(path, name, raw[name], "unknown top-level key; expected only 'exchanges'")
+    return ExchangesConfig(exchanges=parsed)

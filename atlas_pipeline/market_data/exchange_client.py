@@ -1,0 +1,259 @@
+"""Candles from an exchange through ccxt: whole ranges in as few requests as the exchange allows.
+
+Paging is done here on ``since`` (``since = last + timeframe``) rather than with ccxt's
+``paginate`` option, which silently returns only the newest pages of an old range. Transient
+failures (ccxt's ``OperationFailed`` family: network errors, rate limits, timeouts, unreadable
+answers) are retried with exponential backoff that honours ``Retry-After``; permanent ones
+(``BadSymbol``, ``BadRequest``, other ``ExchangeError``s) fail at once with the market named.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import ccxt
+import pandas as pd
+
+from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, empty_candles, normalize_candles, timeframe_ms
+
+T = TypeVar("T")
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class Logger(Protocol):
+    """Both ``logging.Logger`` and Dagster's ``context.log`` fit."""
+
+    def info(self, msg: str, *args: Any) -> Any: ...
+    def warning(self, msg: str, *args: Any) -> Any: ...
+
+
+class ExchangeRequestError(RuntimeError):
+    """A request that failed for good; the message names exchange, market and the request."""
+
+
+@dataclass
+class ExchangeConnection:
+    """How to reach one exchange (plain values, so this layer needs no config import)."""
+
+    exchange_id: str
+    api_url: str | None = None
+    timeout_seconds: float = 30.0
+    request_limit: int = 1000
+    min_request_interval_ms: int | None = None
+    max_retries: int = 5
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class FetchResult:
+    candles: pd.DataFrame
+    requests: int
+    retries: int
+
+
+@dataclass
+class _Counters:
+    requests: int = 0
+    retries: int = 0
+
+
+def point_at(exchange: ccxt.Exchange, base_url: str) -> None:
+    """Replace scheme and host of every REST URL of ``exchange`` with ``base_url``.
+
+    This is how ccxt is pointed at the exchange emulator (or a proxy) while keeping its real paths.
+    """
+    target = urlsplit(base_url)
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            return urlsplit(value)._replace(scheme=target.scheme, netloc=target.netloc).geturl()
+        return value
+
+    exchange.urls["api"] = rewrite(exchange.urls["api"])
+
+
+def build_ccxt_exchange(connection: ExchangeConnection) -> ccxt.Exchange:
+    options: dict[str, Any] = {"timeout": int(connection.timeout_seconds * 1000), **connection.credentials}
+    if connection.exchange_id == "binance":
+        # Spot only: otherwise load_markets also walks the futures and options APIs.
+        options["options"] = {"fetchMarkets": {"types": ["spot"]}}
+    exchange: ccxt.Exchange = getattr(ccxt, connection.exchange_id)(options)
+    if connection.min_request_interval_ms is not None:
+        exchange.rateLimit = connection.min_request_interval_ms
+        exchange.enableRateLimit = connection.min_request_interval_ms > 0
+    if connection.api_url:
+        point_at(exchange, connection.api_url)
+    return exchange
+
+
+class ExchangeClient:
+    """Fetches closed candles of one exchange; one instance per exchange and run."""
+
+    def __init__(
+        self,
+        connection: ExchangeConnection,
+        *,
+        log: Logger | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        exchange: ccxt.Exchange | None = None,
+    ) -> None:
+        self.connection = connection
+        self.exchange = exchange or build_ccxt_exchange(connection)
+        self.log: Logger = log or logging.getLogger(__name__)
+        self._sleep = sleep
+        self._counters = _Counters()
+        self._markets_loaded = False
+
+    @property
+    def requests_made(self) -> int:
+        return self._counters.requests
+
+    def now_ms(self) -> int:
+        return int(self.exchange.milliseconds())
+
+    def load_markets(self) -> dict[str, Any]:
+        if not self._markets_loaded:
+            self._call("load markets", self.exchange.load_markets)
+            self._markets_loaded = True
+        return self.exchange.markets
+
+    def check_market(self, symbol: str) -> None:
+        """Fail early, naming the market, when the exchange does not list it."""
+        markets = self.load_markets()
+        if symbol not in markets:
+            raise ExchangeRequestError(
+                f"{self.connection.exchange_id} does not list market {symbol!r} "
+                f"({len(markets)} markets listed; check config/exchanges.yaml)"
+            )
+
+    def first_candle(self, symbol: str, timeframe: str) -> int | None:
+        """Open time of the market's first candle, or None if it has none yet.
+
+        Binance (and most exchanges that accept ``since``) answer ``since=0`` with the oldest
+        candle they have, which is the listing.
+        """
+        self.check_market(symbol)
+        rows = self._call(
+            f"{symbol} {timeframe} first candle",
+            self.exchange.fetch_ohlcv,
+            symbol,
+            timeframe,
+            since=0,
+            limit=1,
+        )
+        return int(rows[0][0]) if rows else None
+
+    def fetch_range(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> FetchResult:
+        """Closed candles with open time in ``[start_ms, end_ms)``, sorted and de-duplicated.
+
+        The still-open candle (open time + timeframe beyond the exchange's clock) is dropped, so a
+        stored day never holds a candle that will still change.
+        """
+        self.check_market(symbol)
+        tf_ms = timeframe_ms(timeframe)
+        limit = self.connection.request_limit
+        before = _Counters(self._counters.requests, self._counters.retries)
+        pages: list[list[list[Any]]] = []
+        since = start_ms
+        fetched = 0
+        while since < end_ms:
+            rows = self._call(
+                f"{symbol} {timeframe} candles since {_iso(since)}",
+                self.exchange.fetch_ohlcv,
+                symbol,
+                timeframe,
+                since=since,
+                limit=limit,
+                params={"until": end_ms - 1},
+            )
+            if not rows:
+                break
+            pages.append(rows)
+            fetched += len(rows)
+            last = max(int(row[0]) for row in rows)
+            if self._counters.requests % 25 == 0:
+                self.log.info(
+                    f"{self.connection.exchange_id} {symbol} {timeframe}: {self._counters.requests - before.requests} "
+                    f"requests, {fetched:,} candles, up to {_iso(last)}"
+                )
+            if last < since:
+                raise ExchangeRequestError(
+                    f"{self.connection.exchange_id} {symbol} {timeframe}: asked for candles since "
+                    f"{_iso(since)} and got only older ones (up to {_iso(last)})"
+                )
+            if len(rows) < limit or last + tf_ms >= end_ms:
+                break
+            since = last + tf_ms
+        frame = _rows_to_frame(pages)
+        closed_before = min(end_ms, self.now_ms() - tf_ms + 1)
+        frame = frame[(frame["timestamp"] >= start_ms) & (frame["timestamp"] < closed_before)]
+        return FetchResult(
+            candles=frame.reset_index(drop=True),
+            requests=self._counters.requests - before.requests,
+            retries=self._counters.retries - before.retries,
+        )
+
+    def _call(self, what: str, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One exchange request with retries on transient errors; ``what`` names it in errors."""
+        name = self.connection.exchange_id
+        attempt = 0
+        while True:
+            self._counters.requests += 1
+            try:
+                return method(*args, **kwargs)
+            except ccxt.OperationFailed as error:
+                if attempt >= self.connection.max_retries:
+                    raise ExchangeRequestError(
+                        f"{name} {what}: still failing after {attempt + 1} attempts: "
+                        f"{type(error).__name__}: {_short(error)}"
+                    ) from error
+                delay = self._retry_delay(attempt, error)
+                attempt += 1
+                self._counters.retries += 1
+                self.log.warning(
+                    f"{name} {what}: {type(error).__name__} ({_short(error)}); "
+                    f"retry {attempt}/{self.connection.max_retries} in {delay:.1f} s"
+                )
+                self._sleep(delay)
+            except ccxt.BaseError as error:
+                raise ExchangeRequestError(f"{name} {what}: {type(error).__name__}: {_short(error)}") from error
+
+    def _retry_delay(self, attempt: int, error: ccxt.OperationFailed) -> float:
+        """``Retry-After`` when a rate-limit answer carried one, else 0.5 s doubling, capped."""
+        headers = self.exchange.last_response_headers or {}
+        retry_after = None
+        if isinstance(error, ccxt.DDoSProtection):  # includes RateLimitExceeded; 429/418 answers
+            retry_after = headers.get("Retry-After") or headers.get("retry-after")
+        if retry_after is not None:
+            try:
+                return min(max(float(retry_after), 0.0), MAX_BACKOFF_SECONDS)
+            except ValueError:
+                pass
+        return min(0.5 * 2**attempt, MAX_BACKOFF_SECONDS)
+
+
+def _rows_to_frame(pages: list[list[list[Any]]]) -> pd.DataFrame:
+    rows = [row[:6] for page in pages for row in page]
+    if not rows:
+        return empty_candles()
+    try:
+        return normalize_candles(pd.DataFrame(rows, columns=list(CANDLE_COLUMNS)))
+    except (TypeError, ValueError) as error:
+        bad = next((row for row in rows if len(row) < 6 or row[0] is None), rows[0])
+        raise ExchangeRequestError(f"unreadable candle in the exchange's answer: {bad!r} ({error})") from error
+
+
+def _iso(ms: int) -> str:
+    return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M")
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    text = str(error)
+    return text if len(text) <= limit else text[:limit] + "..."
