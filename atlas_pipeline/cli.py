@@ -1,0 +1,157 @@
+"""``atlas``: the command line. Each command calls the same functions the Dagster UI runs.
+
+Exit codes: 0 success; 1 a run or request failed; 2 bad arguments or configuration. Failures end
+with one line on stderr that says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit code 2."""
+
+
+class CommandFailed(Exception):
+    """A run or a request failed: exit code 1."""
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date like 2018-01-31") from None
+
+
+def dagster_instance():
+    """The instance at ``$DAGSTER_HOME``; without one, a persistent one under ``$ATLAS_HOME``.
+
+    Runs launched from the CLI then show up in ``dagster dev`` started with the same home.
+    """
+    import dagster as dg
+
+    from atlas_pipeline.market_data.store import CandleStore
+
+    if not os.environ.get("DAGSTER_HOME"):
+        root = CandleStore().root
+        if "://" in root:
+            raise UsageError("set DAGSTER_HOME: ATLAS_HOME is a URL, so Atlas cannot keep Dagster's storage under it")
+        home = Path(root) / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def cmd_fetch(args: argparse.Namespace) -> None:
+    from atlas_pipeline.config import ConfigError, load_exchanges_config
+    from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
+    from atlas_pipeline.definitions import build_definitions
+
+    try:
+        settings = load_exchanges_config().get(args.exchange)
+    except (ConfigError, KeyError) as error:
+        raise UsageError(str(error).strip('"')) from None
+    timeframes = args.timeframe or settings.timeframes
+    symbols = args.symbol or settings.markets
+    for tf in timeframes:
+        if tf not in settings.timeframes:
+            raise UsageError(f"timeframe {tf!r} is not configured for {args.exchange} (configured: {settings.timeframes})")
+    for symbol in symbols:
+        if symbol not in settings.markets:
+            raise UsageError(f"market {symbol!r} is not configured for {args.exchange} (configured: {settings.markets})")
+    start = args.start or settings.history_start
+    end = args.end or dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+    if start < settings.history_start:
+        raise UsageError(f"--start {start} is before {args.exchange}'s history_start {settings.history_start}")
+    if end <= start:
+        raise UsageError(f"--end {end} must be after --start {start}")
+    instance = dagster_instance()
+    print(
+        f"atlas fetch: {args.exchange} {', '.join(symbols)} {', '.join(timeframes)} {start}..{end} (end exclusive); "
+        f"Dagster instance {os.environ['DAGSTER_HOME']}",
+        file=sys.stderr,
+    )
+    runs = materialize_ohlcv_range(
+        build_definitions(), instance, args.exchange, timeframes, symbols, start, end, full_refresh=args.full_refresh
+    )
+    for run in runs:
+        status = "ok" if run.success else "FAILED"
+        print(f"{run.symbol}: run {run.result.run_id} {status}", file=sys.stderr)
+    failed = [run for run in runs if not run.success]
+    if failed:
+        raise CommandFailed(f"{failed[0].symbol}: {failed[0].failure_reason()}")
+
+
+def cmd_emulator(args: argparse.Namespace) -> None:
+    from atlas_pipeline.market_data.emulator import build_emulator, parse_fault_spec
+
+    try:
+        faults = [parse_fault_spec(spec) for spec in args.fault]
+    except ValueError as error:
+        raise UsageError(f"--fault: {error}") from None
+    if (args.data is None) == (args.synthetic is None):
+        raise UsageError("give exactly one of --data DIR or --synthetic SEED")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data}: not a folder")
+    server = build_emulator(data_dir=args.data, synthetic_seed=args.synthetic, host=args.host, port=args.port, faults=faults)
+    print(f"atlas emulator: Binance spot REST API at {server.base_url} (Ctrl-C stops)", file=sys.stderr)
+    server.serve_forever()
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from atlas_pipeline.demo import run_demo
+
+    run_demo(days=args.days)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atlas", description="Atlas crypto research pipeline")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fetch = commands.add_parser("fetch", help="materialize OHLCV partitions through Dagster, in-process")
+    fetch.add_argument("--exchange", required=True, help="exchange id from config/exchanges.yaml, e.g. binance")
+    fetch.add_argument("--symbol", action="append", help="market such as BTC/USDT (repeatable; default: all configured)")
+    fetch.add_argument("--timeframe", action="append", help="timeframe such as 1h (repeatable; default: all configured)")
+    fetch.add_argument("--start", type=_date, help="first day, UTC (default: the exchange's history_start)")
+    fetch.add_argument("--end", type=_date, help="day after the last, UTC (default: tomorrow, i.e. through today)")
+    fetch.add_argument("--full-refresh", action="store_true", help="refetch days already stored complete")
+    fetch.set_defaults(handler=cmd_fetch)
+
+    emulator = commands.add_parser("emulator", help="serve a Binance-compatible REST API on loopback")
+    emulator.add_argument("--port", type=int, default=8765)
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--data", help="folder of <exchange>_<BASE>-<QUOTE>_<timeframe>.parquet|csv candle files")
+    emulator.add_argument("--synthetic", type=int, metavar="SEED", help="serve seeded synthetic markets")
+    emulator.add_argument("--fault", action="append", default=[], metavar="SPEC", help="e.g. rate_limit:times=3,retry_after=1")
+    emulator.set_defaults(handler=cmd_emulator)
+
+    demo = commands.add_parser("demo", help="offline demo: emulator + Dagster materialization into the local store")
+    demo.add_argument("--days", type=int, default=90, help="how many days back from today to materialize")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except UsageError as error:
+        print(f"atlas: error: {error}", file=sys.stderr)
+        return 2
+    except CommandFailed as error:
+        print(f"atlas: failed: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("atlas: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

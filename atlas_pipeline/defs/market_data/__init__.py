@@ -1,0 +1,1 @@
+"""OHLCV assets per (exchange, timeframe), their checks and their schedules."""

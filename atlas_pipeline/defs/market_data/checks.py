@@ -1,0 +1,71 @@
+"""Asset checks of OHLCV assets: blocking Pandera checks and a non-blocking gaps warning.
+
+A range run records one evaluation per check for its whole range, so each result names the
+failing days (and markets) in its metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dagster as dg
+
+from atlas_pipeline.market_data.ingest import IngestReport
+from atlas_pipeline.market_data.validation import BLOCKING_CHECKS, GAPS_CHECK
+
+CHECK_DESCRIPTIONS = {
+    "candle_schema": "Columns and dtypes of the candle convention; prices > 0, volume >= 0.",
+    "ohlc_sanity": "high >= max(open, close, low) and low <= min(open, close).",
+    "unique_timestamps": "One candle per open time.",
+    "sorted_timestamps": "Candles sorted by open time.",
+    "timeframe_grid": "Open times are multiples of the timeframe.",
+    "inside_partition": "Every candle's open time lies inside the partition's UTC day.",
+    GAPS_CHECK: "Warns with the count of candles missing after the market's first candle (exchange outages).",
+}
+
+
+def ohlcv_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    specs = [
+        dg.AssetCheckSpec(name, asset=asset_key, blocking=True, description=CHECK_DESCRIPTIONS[name])
+        for name in BLOCKING_CHECKS
+    ]
+    specs.append(dg.AssetCheckSpec(GAPS_CHECK, asset=asset_key, blocking=False, description=CHECK_DESCRIPTIONS[GAPS_CHECK]))
+    return specs
+
+
+def check_results(asset_key: dg.AssetKey, reports: list[IngestReport]) -> Iterator[dg.AssetCheckResult]:
+    """One result per check over every market of the run."""
+    for index, name in enumerate(BLOCKING_CHECKS):
+        outcomes = [(report, report.checks[index]) for report in reports]
+        failed = [(report, outcome) for report, outcome in outcomes if not outcome.passed]
+        yield dg.AssetCheckResult(
+            asset_key=asset_key,
+            check_name=name,
+            passed=not failed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "failing_rows": sum(outcome.failures for _, outcome in failed),
+                "failing_days": sum(len(outcome.failing_days) for _, outcome in failed),
+                "details": dg.MetadataValue.md(
+                    "\n".join(f"- {report.symbol}: {outcome.describe()}" for report, outcome in failed) or "passed"
+                ),
+            },
+        )
+    gaps = [(report, day) for report in reports for day in report.days if day.missing]
+    yield dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=GAPS_CHECK,
+        passed=not gaps,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "missing_candles": sum(day.missing for _, day in gaps),
+            "days_with_gaps": len(gaps),
+            "worst_days": dg.MetadataValue.md(
+                "\n".join(
+                    f"- {report.symbol} {day.day}: {day.missing} missing"
+                    for report, day in sorted(gaps, key=lambda item: -item[1].missing)[:10]
+                )
+                or "none"
+            ),
+        },
+    )
