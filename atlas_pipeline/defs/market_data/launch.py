@@ -62,7 +62,10 @@ def materialize_ohlcv_range(
         raise ValueError(f"empty date range: start {start} must be before end {end}")
     job = defs.resolve_job_def(f"ohlcv_{exchange}")
     keys = [ohlcv_asset_key(exchange, tf) for tf in timeframes]
-    run_config = {"ops": {_op_name(key): {"config": {"full_refresh": full_refresh}} for key in keys}}
+    run_config = {
+        "ops": {_op_name(key): {"config": {"full_refresh": full_refresh}} for key in keys},
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},  # progress, not every event
+    }
     runs: list[RangeRun] = []
     for symbol in symbols:
         result = job.execute_in_process(
