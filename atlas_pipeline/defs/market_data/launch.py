@@ -56,15 +56,19 @@ def materialize_ohlcv_range(
     end: dt.date,
     *,
     full_refresh: bool = False,
+    log_level: str = "INFO",
 ) -> list[RangeRun]:
-    """One in-process run per market over days ``[start, end)``; stops at the first failure."""
+    """One in-process run per market over days ``[start, end)``; stops at the first failure.
+
+    ``log_level`` is the console logger's: INFO shows progress; WARNING keeps a benchmark quiet.
+    """
     if end <= start:
         raise ValueError(f"empty date range: start {start} must be before end {end}")
     job = defs.resolve_job_def(f"ohlcv_{exchange}")
     keys = [ohlcv_asset_key(exchange, tf) for tf in timeframes]
     run_config = {
         "ops": {_op_name(key): {"config": {"full_refresh": full_refresh}} for key in keys},
-        "loggers": {"console": {"config": {"log_level": "INFO"}}},  # progress, not every event
+        "loggers": {"console": {"config": {"log_level": log_level}}},  # INFO: progress, not every event
     }
     runs: list[RangeRun] = []
     for symbol in symbols:

@@ -14,14 +14,13 @@ import dagster as dg
 
 from atlas_pipeline.config import ExchangeSettings
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
-from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL, ohlcv_partitions, symbols_by_key
+from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL, symbols_by_key
 
 
 def ohlcv_job(settings: ExchangeSettings) -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         name=f"ohlcv_{settings.id}",
         selection=dg.AssetSelection.assets(*(ohlcv_asset_key(settings.id, tf) for tf in settings.timeframes)),
-        partitions_def=ohlcv_partitions(settings),
         description=f"Candles of every configured {settings.id} market and timeframe for the selected days.",
     )
 
