@@ -85,6 +85,9 @@ def build_ccxt_exchange(connection: ExchangeConnection) -> ccxt.Exchange:
         # Spot only: otherwise load_markets also walks the futures and options APIs.
         options["options"] = {"fetchMarkets": {"types": ["spot"]}}
     exchange: ccxt.Exchange = getattr(ccxt, connection.exchange_id)(options)
+    # ccxt hands a 200 answer that is not JSON (an HTML maintenance page, say) to the parser as
+    # text, which reads as "no candles"; keeping the parsed JSON lets the client tell them apart.
+    exchange.enableLastJsonResponse = True
     if connection.min_request_interval_ms is not None:
         exchange.rateLimit = connection.min_request_interval_ms
         exchange.enableRateLimit = connection.min_request_interval_ms > 0
@@ -113,7 +116,12 @@ class ExchangeClient:
 
     @property
     def requests_made(self) -> int:
+        """Requests sent by this client so far, retries included."""
         return self._counters.requests
+
+    @property
+    def retries_made(self) -> int:
+        return self._counters.retries
 
     def now_ms(self) -> int:
         return int(self.exchange.milliseconds())
@@ -207,7 +215,11 @@ class ExchangeClient:
         while True:
             self._counters.requests += 1
             try:
-                return method(*args, **kwargs)
+                self.exchange.last_json_response = None
+                answer = method(*args, **kwargs)
+                if self.exchange.last_json_response is None:
+                    raise ccxt.BadResponse(f"{name} answered with a body that is not JSON")
+                return answer
             except ccxt.OperationFailed as error:
                 if attempt >= self.connection.max_retries:
                     raise ExchangeRequestError(

@@ -108,7 +108,7 @@ def ingest_days(
     wanted = sorted(set(days))
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    requests_before = client.requests_made
+    requests_before, retries_before = client.requests_made, client.retries_made
 
     closed_before = _closed_before(client.now_ms(), tf_ms)
     first = store.first_candle(exchange, symbol, timeframe)
@@ -137,12 +137,10 @@ def ingest_days(
             to_fetch.append((day, max(start, listed_from)))
     timings["plan"] = time.perf_counter() - started
 
-    retries = 0
     started = time.perf_counter()
     fetches = _group(to_fetch, closed_before)
     for number, fetch in enumerate(fetches, 1):
         result = client.fetch_range(symbol, timeframe, fetch.start_ms, fetch.end_ms)
-        retries += result.retries
         by_day = split_by_day(result.candles)
         for day in fetch.days:
             frames[day] = by_day.get(day, empty_candles())
@@ -191,7 +189,7 @@ def ingest_days(
         ],
         checks=checks,
         requests=client.requests_made - requests_before,
-        retries=retries,
+        retries=client.retries_made - retries_before,
         first_candle=first,
     )
     started = time.perf_counter()
