@@ -49,13 +49,13 @@ def dagster_instance():
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
-    from atlas_pipeline.config import ConfigError, load_exchanges_config
+    from atlas_pipeline.config import load_exchanges_config
     from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
-    from atlas_pipeline.definitions import build_definitions
+    from atlas_pipeline.defs.definitions import build_definitions
 
     try:
         settings = load_exchanges_config().get(args.exchange)
-    except (ConfigError, KeyError) as error:
+    except KeyError as error:
         raise UsageError(str(error).strip('"')) from None
     timeframes = args.timeframe or settings.timeframes
     symbols = args.symbol or settings.markets
@@ -138,10 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from atlas_pipeline.config import ConfigError
+
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except UsageError as error:
+    except (UsageError, ConfigError) as error:
         print(f"atlas: error: {error}", file=sys.stderr)
         return 2
     except CommandFailed as error:

@@ -1,34 +1,9 @@
-"""The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here."""
+"""The Dagster code location: ``dagster dev -w workspace.yaml`` loads ``defs`` from here.
 
-from __future__ import annotations
+The config comes from ``ATLAS_CONFIG`` (default: the checkout's ``config/``), the data root from
+``ATLAS_HOME``.
+"""
 
-from pathlib import Path
-
-import dagster as dg
-
-from atlas_pipeline.config import load_exchanges_config
-from atlas_pipeline.defs.market_data.assets import build_ohlcv_asset
-from atlas_pipeline.defs.market_data.schedules import ohlcv_job, ohlcv_schedules
-from atlas_pipeline.defs.resources import CandleStoreResource
-
-
-def build_definitions(config_dir: Path | str | None = None, store_root: str | None = None) -> dg.Definitions:
-    """Assets, jobs and schedules for the config in ``config_dir`` (default: ``ATLAS_CONFIG``)."""
-    exchanges = load_exchanges_config(config_dir)
-    assets: list[dg.AssetsDefinition] = []
-    jobs: list[dg.UnresolvedAssetJobDefinition] = []
-    schedules: list[dg.ScheduleDefinition] = []
-    for settings in exchanges.exchanges.values():
-        assets.extend(build_ohlcv_asset(settings, timeframe) for timeframe in settings.timeframes)
-        job = ohlcv_job(settings)
-        jobs.append(job)
-        schedules.extend(ohlcv_schedules(settings, job))
-    return dg.Definitions(
-        assets=assets,
-        jobs=jobs,
-        schedules=schedules,
-        resources={"candle_store": CandleStoreResource(root=store_root)},
-    )
-
+from atlas_pipeline.defs.definitions import build_definitions
 
 defs = build_definitions()

@@ -47,7 +47,7 @@ def write_demo_config(folder: Path, api_url: str) -> Path:
 def run_demo(days: int = 90) -> None:
     from atlas_pipeline.cli import CommandFailed, dagster_instance
     from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
-    from atlas_pipeline.definitions import build_definitions
+    from atlas_pipeline.defs.definitions import build_definitions
     from atlas_pipeline.market_data.emulator import build_emulator
     from atlas_pipeline.market_data.store import CandleStore
 

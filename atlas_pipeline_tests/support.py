@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from atlas_pipeline.defs.market_data.launch import RangeRun, materialize_ohlcv_range
-from atlas_pipeline.definitions import build_definitions
+from atlas_pipeline.defs.definitions import build_definitions
 from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, DAY_MS, day_start_ms, timeframe_ms
 
 SHARED_CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles"

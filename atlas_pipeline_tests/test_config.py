@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from atlas_pipeline.config import ConfigError, load_exchanges_config
-from atlas_pipeline.definitions import build_definitions
+from atlas_pipeline.defs.definitions import build_definitions
 
 GOOD = {"timeframes": ["1h"], "markets": ["BTC/USDT"]}
 

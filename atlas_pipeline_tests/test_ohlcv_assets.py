@@ -9,7 +9,7 @@ import pytest
 
 from atlas_pipeline import CandleStore
 from atlas_pipeline.defs.market_data.launch import partition_range_tags
-from atlas_pipeline.definitions import build_definitions
+from atlas_pipeline.defs.definitions import build_definitions
 from atlas_pipeline.market_data.emulator import FaultRule, FileCandleSource
 from atlas_pipeline.market_data.validation import BLOCKING_CHECKS, GAPS_CHECK
 from atlas_pipeline_tests.support import (

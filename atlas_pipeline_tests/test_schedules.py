@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from atlas_pipeline.definitions import build_definitions
+from atlas_pipeline.defs.definitions import build_definitions
 
 
 def _defs(tmp_path: Path) -> dg.Definitions:

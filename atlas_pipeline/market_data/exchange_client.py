@@ -215,9 +215,9 @@ class ExchangeClient:
         while True:
             self._counters.requests += 1
             try:
-                self.exchange.last_json_response = None
+                self.exchange.last_http_response = self.exchange.last_json_response = None
                 answer = method(*args, **kwargs)
-                if self.exchange.last_json_response is None:
+                if self.exchange.last_http_response is not None and self.exchange.last_json_response is None:
                     raise ccxt.BadResponse(f"{name} answered with a body that is not JSON")
                 return answer
             except ccxt.OperationFailed as error:
