@@ -1,0 +1,256 @@
+"""Binance spot REST, the part ccxt's ``binance`` uses for markets and candles: request parsing,
+error codes, the JSON shapes, and what a klines request selects. Pure functions of (request,
+source, clock) so the HTTP layer only moves bytes.
+
+Binance behaviour reproduced (as documented, and as ccxt 4.5.90 relies on):
+- ``GET /api/v3/klines``: ``limit`` default 500, at most 1000 (more is error -1130, not a clamp);
+  ``startTime`` -> candles opening at or after it; ``endTime`` -> opening at or before it; only
+  ``endTime`` -> the ``limit`` candles up to it; neither -> the latest ``limit`` candles including
+  the still-open one. Rows are ``[openTime, "o", "h", "l", "c", "v", closeTime, "quoteVolume",
+  trades, "takerBuyBase", "takerBuyQuote", "0"]``.
+- errors are HTTP 400 with ``{"code": -11xx, "msg": ...}``: -1121 unknown symbol (ccxt
+  ``BadSymbol``), -1120 bad interval, -1130 bad limit, -1100/-1102 malformed/missing parameters
+  (ccxt ``BadRequest``).
+Intervals Binance has but Atlas cannot store (``3d``, ``1w``, ``1M``: not whole candles per day)
+are answered as invalid.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from atlas_pipeline.market_data.candles import empty_candles, timeframe_ms
+from atlas_pipeline.market_data.emulator.sources import (
+    CandleSource,
+    VALUE_COLUMNS,
+    UnknownSymbol,
+    UnsupportedTimeframe,
+)
+
+KLINE_INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
+DEFAULT_LIMIT = 500
+MAX_LIMIT = 1000
+PATHS = {
+    "/api/v3/klines": "klines",
+    "/api/v3/exchangeInfo": "exchangeInfo",
+    "/api/v3/ping": "ping",
+    "/api/v3/time": "time",
+}
+_DIGITS = re.compile(r"^[0-9]{1,20}$")
+_MIN_NOTIONAL = {"USDT": "5.00000000", "USDC": "5.00000000", "FDUSD": "5.00000000", "BTC": "0.00010000", "ETH": "0.00100000", "BNB": "0.01000000"}
+
+
+class ApiError(Exception):
+    """A Binance error reply: HTTP status and the ``{"code", "msg"}`` body."""
+
+    def __init__(self, code: int, msg: str, status: int = 400) -> None:
+        super().__init__(f"{status} {code} {msg}")
+        self.status, self.code, self.msg = status, code, msg
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "msg": self.msg}
+
+
+def market_id(symbol: str) -> str:
+    """Binance's id for a ccxt spot symbol: ``ETH/BTC`` -> ``ETHBTC``."""
+    base, quote = split_symbol(symbol)
+    return base + quote
+
+
+def split_symbol(symbol: str) -> tuple[str, str]:
+    base, sep, quote = symbol.partition(":")[0].partition("/")
+    if not sep or not base or not quote:
+        raise ValueError(f"{symbol!r} is not a ccxt spot symbol such as 'BTC/USDT'")
+    return base, quote
+
+
+def exchange_info(symbols: Sequence[str], server_time: int) -> dict[str, Any]:
+    """``/api/v3/exchangeInfo`` with the fields ccxt's ``parse_market`` reads, for spot markets."""
+    return {
+        "timezone": "UTC",
+        "serverTime": server_time,
+        "rateLimits": [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+            {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
+            {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},
+        ],
+        "exchangeFilters": [],
+        "symbols": [_symbol_info(symbol) for symbol in symbols],
+    }
+
+
+def _symbol_info(symbol: str) -> dict[str, Any]:
+    base, quote = split_symbol(symbol)
+    return {
+        "symbol": base + quote,
+        "status": "TRADING",
+        "baseAsset": base,
+        "baseAssetPrecision": 8,
+        "quoteAsset": quote,
+        "quotePrecision": 8,
+        "quoteAssetPrecision": 8,
+        "baseCommissionPrecision": 8,
+        "quoteCommissionPrecision": 8,
+        "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+        "icebergAllowed": True,
+        "ocoAllowed": True,
+        "otoAllowed": True,
+        "quoteOrderQtyMarketAllowed": True,
+        "allowTrailingStop": True,
+        "cancelReplaceAllowed": True,
+        "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": False,
+        "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": "0.00000001", "maxPrice": "1000000.00000000", "tickSize": "0.00000001"},
+            {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000000.00000000", "stepSize": "0.00001000"},
+            {
+                "filterType": "NOTIONAL",
+                "minNotional": _MIN_NOTIONAL.get(quote, "1.00000000"),
+                "applyMinToMarket": True,
+                "maxNotional": "9000000.00000000",
+                "applyMaxToMarket": False,
+                "avgPriceMins": 5,
+            },
+        ],
+        "permissions": ["SPOT"],
+        "permissionSets": [["SPOT"]],
+        "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+        "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+    }
+
+
+@dataclass(frozen=True)
+class KlinesQuery:
+    symbol_id: str
+    interval: str
+    limit: int
+    start_time: int | None
+    end_time: int | None
+
+
+def parse_klines_query(params: Mapping[str, Sequence[str]]) -> KlinesQuery:
+    """The klines parameters from a parsed query string, or the ApiError Binance would send."""
+
+    def value(name: str) -> str | None:
+        values = params.get(name)
+        return values[-1] if values and values[-1] != "" else None
+
+    def number(name: str) -> int | None:
+        raw = value(name)
+        if raw is not None and not _DIGITS.match(raw):
+            raise ApiError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.")
+        return None if raw is None else int(raw)
+
+    for name in ("symbol", "interval"):
+        if value(name) is None:
+            raise ApiError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+    interval = value("interval")
+    if interval not in KLINE_INTERVALS:
+        raise ApiError(-1120, "Invalid interval.")
+    limit = number("limit")
+    if limit is not None and not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(-1130, "Data sent for parameter 'limit' is not valid.")
+    start, end = number("startTime"), number("endTime")
+    if start is not None and end is not None and start > end:
+        raise ApiError(-1023, "Start time is greater than end time.")
+    return KlinesQuery(value("symbol"), interval, limit or DEFAULT_LIMIT, start, end)
+
+
+def select_klines(source: CandleSource, symbol: str, query: KlinesQuery, now: int) -> pd.DataFrame:
+    """The candles Binance would answer ``query`` with, from any source, gaps included.
+
+    Sources answer a time window, so this asks for the window ``limit`` candles would fill and,
+    where gaps leave it short, widens it (x4) until it holds ``limit`` candles or reaches the
+    first candle / the bound: a few window reads even for a file that ended years ago.
+    """
+    try:
+        tf = timeframe_ms(query.interval)
+    except ValueError:  # 3d, 1w, 1M: Binance has them, but they are not whole candles per day
+        raise ApiError(-1120, "Invalid interval.") from None
+    try:
+        first = source.first_candle(symbol, query.interval)
+    except UnknownSymbol:
+        raise ApiError(-1121, "Invalid symbol.") from None
+    except UnsupportedTimeframe:
+        raise ApiError(-1120, "Invalid interval.") from None
+    bound = min(now, query.end_time if query.end_time is not None else now) + 1  # open time <= both
+    limit = query.limit
+    if first is None or bound <= first:
+        return empty_candles()
+    span = limit * tf
+    if query.start_time is not None:
+        lo = max(query.start_time, first)
+        while True:
+            hi = min(lo + span, bound)
+            frame = source.candles(symbol, query.interval, lo, max(lo, hi))
+            if len(frame) >= limit or hi >= bound:
+                return frame.iloc[:limit].reset_index(drop=True)
+            span *= 4
+    while True:
+        lo = max(bound - span, first)
+        frame = source.candles(symbol, query.interval, lo, bound)
+        if len(frame) >= limit or lo <= first:
+            return frame.iloc[-limit:].reset_index(drop=True)
+        span *= 4
+
+
+def kline_rows(frame: pd.DataFrame, tf_ms: int) -> list[list[Any]]:
+    """Binance kline rows for a candle frame. Numbers are the shortest strings that read back as
+    the same float64, so a client gets the source's values exactly. Quote volume, trades and
+    taker volumes are not in a candle frame: they are derived (plausibly, deterministically)."""
+    stamps = frame["timestamp"].to_numpy(dtype="int64")
+    values = frame.loc[:, list(VALUE_COLUMNS)].to_numpy(dtype="float64")
+    volume = values[:, 4]
+    quote = np.round(volume * values[:, 1:4].mean(axis=1), 8)
+    numbers = np.column_stack((values, quote, np.round(volume / 2, 8), np.round(quote / 2, 8)))
+    texts = [_num(x) for x in numbers.ravel().tolist()]
+    trades = np.where(volume > 0, np.sqrt(volume) * 7 + 1, 0).astype("int64").tolist()
+    rows = []
+    for i, (t, n) in enumerate(zip(stamps.tolist(), trades)):
+        o, h, l, c, v, q, tb, tq = texts[8 * i : 8 * i + 8]
+        rows.append([t, o, h, l, c, v, t + tf_ms - 1, q, n, tb, tq, "0"])
+    return rows
+
+
+def _num(x: float) -> str:
+    text = repr(x)
+    return np.format_float_positional(x, trim="-") if "e" in text else text
+
+
+@dataclass
+class BinanceApi:
+    """Answers the public endpoints for one source: ``(status, JSON payload)`` per request."""
+
+    source: CandleSource
+
+    def __post_init__(self) -> None:
+        self.symbols = {market_id(symbol): symbol for symbol in self.source.markets()}
+
+    def answer(self, endpoint: str, params: Mapping[str, Sequence[str]], now: int) -> tuple[int, Any]:
+        try:
+            if endpoint == "ping":
+                return 200, {}
+            if endpoint == "time":
+                return 200, {"serverTime": now}
+            if endpoint == "exchangeInfo":
+                return 200, exchange_info(list(self.symbols.values()), now)
+            if endpoint == "klines":
+                return 200, self.klines(params, now)
+        except ApiError as error:
+            return error.status, error.body()
+        raise ValueError(f"not a Binance endpoint: {endpoint!r}")
+
+    def klines(self, params: Mapping[str, Sequence[str]], now: int) -> list[list[Any]]:
+        query = parse_klines_query(params)
+        symbol = self.symbols.get(query.symbol_id)
+        if symbol is None:
+            raise ApiError(-1121, "Invalid symbol.")
+        frame = select_klines(self.source, symbol, query, now)
+        return kline_rows(frame, timeframe_ms(query.interval))

@@ -1,0 +1,209 @@
+"""Switchable faults: what can go wrong between ccxt and an exchange, on demand and deterministically.
+
+A ``FaultRule`` names a kind, the endpoint it watches, how many matching requests pass before it
+starts (``after``) and how many times it fires (``times``, None = forever). ``FaultPlan`` decides,
+per request and under a lock, which rules fire, so concurrent clients still see each rule fire
+exactly ``times`` times. Kinds come in three groups, by where they act:
+- transport (``rate_limit``, ``server_error``): the request gets an error reply instead;
+  ``timeout`` delays the (otherwise normal) reply;
+- body (``truncated``, ``malformed``): the reply's bytes are damaged;
+- data (``duplicates``, ``out_of_order``, ``bad_ohlc``, ``off_grid``): rows of a successful klines
+  reply are altered; they only fire on a reply with rows to alter (so they never hide an error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+TRANSPORT_KINDS = ("rate_limit", "server_error", "timeout")
+BODY_KINDS = ("truncated", "malformed")
+DATA_KINDS = ("duplicates", "out_of_order", "bad_ohlc", "off_grid")
+KINDS = TRANSPORT_KINDS + BODY_KINDS + DATA_KINDS
+ENDPOINTS = ("any", "klines", "exchangeInfo", "ping", "time")
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """One fault. ``retry_after`` (s) is sent as 429's Retry-After; ``status`` overrides the HTTP
+    status (rate_limit: 429 or 418; server_error: a 5xx, default 503); ``delay`` (s) is how long a
+    ``timeout`` holds the reply, longer than the client's timeout (ccxt's default is 10 s)."""
+
+    kind: str
+    endpoint: str = "any"
+    times: int | None = None
+    after: int = 0
+    retry_after: float = 1.0
+    status: int | None = None
+    delay: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown fault endpoint {self.endpoint!r}; known: {', '.join(ENDPOINTS)}")
+        if self.kind in DATA_KINDS and self.endpoint not in ("any", "klines"):
+            raise ValueError(f"fault {self.kind!r} alters klines rows; it cannot watch {self.endpoint!r}")
+        if self.times is not None and self.times < 0:
+            raise ValueError(f"fault times must be >= 0 or None (forever), got {self.times}")
+        if self.after < 0 or self.retry_after < 0 or self.delay < 0:
+            raise ValueError(f"fault after, retry_after and delay must be >= 0: {self}")
+        allowed = {"rate_limit": (418, 429), "server_error": tuple(range(500, 600))}.get(self.kind, ())
+        if self.status is not None and self.status not in allowed:
+            raise ValueError(f"status {self.status} does not fit fault kind {self.kind!r}")
+
+    @property
+    def http_status(self) -> int:
+        return self.status or {"rate_limit": 429, "server_error": 503}.get(self.kind, 200)
+
+    def watches(self, endpoint: str) -> bool:
+        if self.kind in DATA_KINDS and endpoint != "klines":
+            return False
+        return self.endpoint in ("any", endpoint)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_value(cls, value: FaultRule | str | Mapping[str, Any]) -> FaultRule:
+        """A rule from a rule, a CLI spec string or a JSON object (as POSTed to the server)."""
+        if isinstance(value, FaultRule):
+            return value
+        if isinstance(value, str):
+            return parse_fault_spec(value)
+        if isinstance(value, Mapping):
+            unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ValueError(f"unknown fault fields {sorted(unknown)}")
+            return cls(**{k: _coerce(k, v) for k, v in value.items()})
+        raise ValueError(f"a fault is a spec string or an object, got {value!r}")
+
+
+_INT_FIELDS = {"times", "after", "status"}
+_FLOAT_FIELDS = {"retry_after", "delay"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if isinstance(value, str) and name in _INT_FIELDS | _FLOAT_FIELDS:
+        if value.lower() in ("none", "null", "forever", "inf"):
+            return None
+        try:
+            return int(value) if name in _INT_FIELDS else float(value)
+        except ValueError:
+            raise ValueError(f"fault {name}={value!r} is not a number") from None
+    if name in _FLOAT_FIELDS and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def parse_fault_spec(spec: str) -> FaultRule:
+    """``kind[:key=value,...]``, e.g. ``rate_limit:times=3,retry_after=1`` or
+    ``server_error:endpoint=klines,status=502,after=2``; ``times=none`` means forever."""
+    kind, _, rest = spec.strip().partition(":")
+    fields: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"fault spec {spec!r}: expected key=value, got {item!r}")
+        fields[name.strip()] = value.strip()
+    try:
+        return FaultRule.from_value({"kind": kind.strip(), **fields})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"fault spec {spec!r}: {error}") from None
+
+
+@dataclass
+class _RuleState:
+    rule: FaultRule
+    seen: int = 0
+    fired: int = 0
+
+    def active(self) -> bool:
+        return self.seen > self.rule.after and (self.rule.times is None or self.fired < self.rule.times)
+
+
+@dataclass(frozen=True)
+class FaultDecision:
+    """The rules that fire on one request: at most one transport and one body fault, any data faults."""
+
+    transport: FaultRule | None = None
+    body: FaultRule | None = None
+    data: tuple[FaultRule, ...] = ()
+
+
+class FaultPlan:
+    """The current rules and their counters; thread-safe."""
+
+    def __init__(self, rules: Iterable[FaultRule | str | Mapping[str, Any]] = ()) -> None:
+        self._lock = threading.Lock()
+        self._states: list[_RuleState] = []
+        self.set(rules)
+
+    def set(self, rules: Iterable[FaultRule | str | Mapping[str, Any]]) -> None:
+        states = [_RuleState(FaultRule.from_value(rule)) for rule in rules]
+        with self._lock:
+            self._states = states
+
+    def clear(self) -> None:
+        self.set(())
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{**s.rule.to_dict(), "seen": s.seen, "fired": s.fired} for s in self._states]
+
+    def decide(self, endpoint: str, rows: int = 0) -> FaultDecision:
+        """Count this request against every rule watching ``endpoint`` and pick the ones that fire.
+
+        ``rows``: the number of rows in a successful klines reply (0 otherwise); a data fault fires
+        only where it can be seen (``out_of_order`` needs two rows, the others one).
+        """
+        transport: _RuleState | None = None
+        body: _RuleState | None = None
+        data: list[_RuleState] = []
+        with self._lock:
+            for state in self._states:
+                rule = state.rule
+                if not rule.watches(endpoint):
+                    continue
+                state.seen += 1
+                if not state.active():
+                    continue
+                if rule.kind in TRANSPORT_KINDS and transport is None:
+                    transport = state
+                elif rule.kind in BODY_KINDS and body is None:
+                    body = state
+                elif rule.kind in DATA_KINDS and rows >= (2 if rule.kind == "out_of_order" else 1):
+                    data.append(state)
+            if transport is not None and transport.rule.kind != "timeout":
+                body, data = None, []  # an error reply replaces the body: nothing else can act
+            fired = [s for s in (transport, body, *data) if s is not None]
+            for state in fired:
+                state.fired += 1
+        return FaultDecision(
+            transport.rule if transport else None,
+            body.rule if body else None,
+            tuple(s.rule for s in data),
+        )
+
+
+def corrupt_rows(kind: str, rows: list[list[Any]]) -> list[list[Any]]:
+    """A data fault applied to Binance kline rows (``[openTime, "o", "h", "l", "c", "v",
+    closeTime, ...]``); single-row faults hit the middle row, away from a client's page edges."""
+    rows = [list(row) for row in rows]
+    middle = rows[len(rows) // 2]
+    if kind == "duplicates":
+        return [copy for row in rows for copy in (row, list(row))]
+    if kind == "out_of_order":
+        return rows[::-1]
+    if kind == "bad_ohlc":
+        middle[2] = repr(float(middle[3]) * 0.99)  # high below low
+        return rows
+    if kind == "off_grid":
+        tf_ms = middle[6] - middle[0] + 1
+        shift = max(tf_ms // 2, 1)
+        middle[0], middle[6] = middle[0] + shift, middle[6] + shift
+        return rows
+    raise ValueError(f"{kind!r} is not a data fault")
