@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,7 +102,11 @@ def cmd_emulator(args: argparse.Namespace) -> None:
         raise UsageError(f"--data {args.data}: not a folder")
     server = build_emulator(data_dir=args.data, synthetic_seed=args.synthetic, host=args.host, port=args.port, faults=faults)
     print(f"atlas emulator: Binance spot REST API at {server.base_url} (Ctrl-C stops)", file=sys.stderr)
-    server.serve_forever()
+    # Started in the background from a script, SIGINT arrives ignored; make Ctrl-C and TERM stop it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server.serve_forever()  # returns on Ctrl-C / TERM
+    print("atlas emulator: stopped", file=sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 import yaml
 
 from atlas_pipeline.defs.market_data.launch import RangeRun, materialize_ohlcv_range
@@ -14,6 +15,10 @@ from atlas_pipeline.defs.definitions import build_definitions
 from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, DAY_MS, day_start_ms, timeframe_ms
 
 SHARED_CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles"
+needs_shared_candles = pytest.mark.skipif(
+    not SHARED_CANDLES.is_dir(),
+    reason=f"real exchange candles not found at {SHARED_CANDLES} (CI checks out ../shared beside the repo)",
+)
 
 
 def shared_candles(name: str) -> pd.DataFrame:

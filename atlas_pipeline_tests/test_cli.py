@@ -15,7 +15,9 @@ import pytest
 
 from atlas_pipeline import CandleStore
 from atlas_pipeline.market_data.emulator import FileCandleSource
-from atlas_pipeline_tests.support import SHARED_CANDLES, between, shared_candles, write_exchange_config
+from atlas_pipeline_tests.support import SHARED_CANDLES, between, shared_candles, write_exchange_config, needs_shared_candles
+
+pytestmark = needs_shared_candles
 
 
 def atlas(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -7,7 +7,9 @@ import pytest
 from atlas_pipeline.market_data.candles import day_start_ms
 from atlas_pipeline.market_data.emulator import FaultRule, FileCandleSource, SyntheticCandleSource
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection, ExchangeRequestError
-from atlas_pipeline_tests.support import SHARED_CANDLES, assert_frames_equal, between, shared_candles
+from atlas_pipeline_tests.support import SHARED_CANDLES, assert_frames_equal, between, shared_candles, needs_shared_candles
+
+pytestmark = needs_shared_candles
 
 
 def client_for(server, sleeps: list[float] | None = None, **overrides) -> ExchangeClient:

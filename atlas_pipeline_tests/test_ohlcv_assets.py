@@ -13,6 +13,7 @@ from atlas_pipeline.defs.definitions import build_definitions
 from atlas_pipeline.market_data.emulator import FaultRule, FileCandleSource
 from atlas_pipeline.market_data.validation import BLOCKING_CHECKS, GAPS_CHECK
 from atlas_pipeline_tests.support import (
+    needs_shared_candles,
     SHARED_CANDLES,
     assert_frames_equal,
     between,
@@ -25,6 +26,8 @@ from atlas_pipeline_tests.support import (
 
 KEY = dg.AssetKey(["ohlcv", "binance", "5m"])
 D = dt.date
+
+pytestmark = needs_shared_candles
 
 
 class RecordingSource(FileCandleSource):

@@ -8,10 +8,12 @@ import pytest
 
 from atlas_pipeline.market_data.candles import DAY_MS, day_start_ms
 from atlas_pipeline.market_data.validation import BLOCKING_CHECKS, missing_candles, validate_candles
-from atlas_pipeline_tests.support import between, shared_candles
+from atlas_pipeline_tests.support import between, shared_candles, needs_shared_candles
 
 DAY = dt.date(2018, 1, 15)
 START, END = day_start_ms(DAY), day_start_ms(DAY) + 3 * DAY_MS
+
+pytestmark = needs_shared_candles
 
 
 @pytest.fixture(scope="module")
