@@ -1,0 +1,308 @@
+"""Ingest speed: a 2017 -> today single-run backfill through the Dagster asset, against its floors.
+
+Run: ``/work/venv/bin/python bench/ingest.py [--symbol BTC/USDT] [--timeframe 1h] [--start 2017-01-01]
+[--postgres-url URL]``. One run prints:
+(a) the wall time of the real OHLCV asset (``materialize_ohlcv_range``: one range run for one market)
+    on a fresh SQLite Dagster instance and a fresh candle store, ccxt talking to a synthetic emulator
+    with rate limiting off;
+(b) a no-op asset with the same partitions and ``BackfillPolicy.single_run()`` over the same range
+    on a fresh instance of the same kind: Dagster's own floor (DESIGN.md section 10). The bar is
+    pipeline / no-op <= 1.3;
+(c) the same range paged with bare ccxt against the same emulator, and the ratios to it;
+(d) the candle store's write/read times for 9 years of 1h and 1m candles (``bench/store_read.py``).
+It checks that the candles the pipeline stored equal those bare ccxt fetched, and exits 1 if not
+(or if a run fails). Each job runs once untimed over two days first, so neither pays the warm-up.
+With ``--postgres-url``, (a) and (b) run again on instances with dagster-postgres storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import yaml
+
+from atlas_pipeline.config import ExchangeSettings, load_exchanges_config
+from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range, partition_range_tags
+from atlas_pipeline.defs.market_data.partitions import ohlcv_partitions
+from atlas_pipeline.defs.definitions import build_definitions
+from atlas_pipeline.demo import DEMO_SEED, write_demo_config
+from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, CANDLE_DTYPES, day_start_ms, timeframe_ms
+from atlas_pipeline.market_data.emulator import build_emulator
+from atlas_pipeline.market_data.exchange_client import ExchangeConnection, build_ccxt_exchange
+from atlas_pipeline.market_data.store import CandleStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from store_read import measure_store_reads, print_numbers  # noqa: E402
+
+EXCHANGE = "binance"
+PAGE_LIMIT = 1000
+BAR = 1.3
+LOG_LEVEL = "WARNING"  # Dagster's console logger: failures only, not every event
+WARM_UP_DAYS = 2
+NO_TELEMETRY = {"telemetry": {"enabled": False}}
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+
+class BenchFailed(Exception):
+    pass
+
+
+@dataclass
+class Backfill:
+    """What both jobs run: one market over days ``[start, end)``."""
+
+    symbol: str
+    timeframe: str
+    start: dt.date
+    end: dt.date
+    settings: ExchangeSettings
+    config_dir: Path
+
+    @property
+    def partitions(self) -> int:
+        return (self.end - self.start).days
+
+    def tags(self, start: dt.date | None = None) -> dict[str, str]:
+        return partition_range_tags(self.symbol, start or self.start, self.end - dt.timedelta(days=1))
+
+
+@dataclass
+class PipelineRun:
+    seconds: float
+    store_root: str
+    started_ms: int
+    stages: dict[str, float]
+
+
+def bench_config(folder: Path, api_url: str, symbol: str, timeframe: str, start: dt.date) -> Path:
+    """The demo's config (ccxt -> emulator, no request interval), narrowed to this timeframe and start."""
+    write_demo_config(folder, api_url)
+    path = folder / "exchanges.yaml"
+    config = yaml.safe_load(path.read_text())
+    entry = config["exchanges"][EXCHANGE]
+    entry["markets"] = list(dict.fromkeys([*entry["markets"], symbol]))
+    entry["timeframes"] = [timeframe]
+    entry["history_start"] = start.isoformat()
+    entry["min_request_interval_ms"] = 0
+    path.write_text(yaml.safe_dump(config))
+    return folder
+
+
+def sqlite_instance(folder: Path) -> dg.DagsterInstance:
+    """A fresh instance with Dagster's default (SQLite) storage; telemetry off, both jobs alike."""
+    folder.mkdir(parents=True)
+    return dg.DagsterInstance.local_temp(str(folder), overrides=NO_TELEMETRY)
+
+
+def postgres_instance(folder: Path, url: str) -> dg.DagsterInstance:
+    folder.mkdir(parents=True)
+    overrides = {**NO_TELEMETRY, "storage": {"postgres": {"postgres_url": url}}}
+    return dg.DagsterInstance.local_temp(str(folder), overrides=overrides)
+
+
+def run_pipeline(
+    backfill: Backfill, instance: dg.DagsterInstance, store_root: Path, start: dt.date | None = None
+) -> PipelineRun:
+    """(a): the real asset over the range, one run, into a fresh store."""
+    start = start or backfill.start
+    defs = build_definitions(backfill.config_dir, str(store_root))
+    started_ms = time.time_ns() // 1_000_000
+    began = time.perf_counter()
+    runs = materialize_ohlcv_range(
+        defs, instance, EXCHANGE, [backfill.timeframe], [backfill.symbol], start, backfill.end, log_level=LOG_LEVEL
+    )
+    seconds = time.perf_counter() - began
+    run = runs[0]
+    if not run.success:
+        raise BenchFailed(f"pipeline run failed: {run.failure_reason()}")
+    events = run.result.get_asset_materialization_events()
+    expected = (backfill.end - start).days
+    if len(events) != expected:
+        raise BenchFailed(f"pipeline run materialized {len(events)} partitions, expected {expected}")
+    metadata = events[0].materialization.metadata
+    stages = {
+        name.removeprefix("seconds_"): float(value.value)
+        for name, value in metadata.items()
+        if name.startswith("seconds_")
+    }
+    return PipelineRun(seconds, str(store_root), started_ms, stages)
+
+
+def noop_definitions(settings: ExchangeSettings) -> dg.Definitions:
+    """A bare asset with the OHLCV asset's partitions and backfill policy that does nothing."""
+
+    @dg.asset(
+        key=["bench", "noop"],
+        partitions_def=ohlcv_partitions(settings),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
+    def noop() -> dg.MaterializeResult:
+        return dg.MaterializeResult()
+
+    return dg.Definitions(assets=[noop], jobs=[dg.define_asset_job("bench_noop", selection=[noop])])
+
+
+def run_noop(backfill: Backfill, instance: dg.DagsterInstance, start: dt.date | None = None) -> float:
+    """(b): Dagster's floor for the same range run, on the given instance."""
+    start = start or backfill.start
+    defs = noop_definitions(backfill.settings)
+    began = time.perf_counter()
+    job = defs.resolve_job_def("bench_noop")
+    result = job.execute_in_process(
+        instance=instance,
+        run_config={"loggers": {"console": {"config": {"log_level": LOG_LEVEL}}}},
+        tags=backfill.tags(start),
+        raise_on_error=False,
+    )
+    seconds = time.perf_counter() - began
+    if not result.success:
+        raise BenchFailed("no-op run failed")
+    materialized = len(result.get_asset_materialization_events())
+    expected = (backfill.end - start).days
+    if materialized != expected:
+        raise BenchFailed(f"no-op run materialized {materialized} partitions, expected {expected}")
+    return seconds
+
+
+def fetch_bare(api_url: str, symbol: str, timeframe: str, start: dt.date) -> tuple[float, pd.DataFrame, int]:
+    """(c): since-paging with bare ccxt from ``start`` until now; the open candle dropped."""
+    began = time.perf_counter()
+    exchange = build_ccxt_exchange(ExchangeConnection(EXCHANGE, api_url=api_url, min_request_interval_ms=0))
+    tf_ms = timeframe_ms(timeframe)
+    rows: list[list[Any]] = []
+    since, requests = day_start_ms(start), 0
+    while since < exchange.milliseconds():
+        batch = exchange.fetch_ohlcv(symbol, timeframe, since=since, limit=PAGE_LIMIT)
+        requests += 1
+        rows.extend(batch)
+        if len(batch) < PAGE_LIMIT:
+            break
+        since = int(batch[-1][0]) + tf_ms
+    now = exchange.milliseconds()
+    closed = [row[:6] for row in rows if row[0] + tf_ms <= now]
+    frame = pd.DataFrame(closed, columns=list(CANDLE_COLUMNS)).astype(CANDLE_DTYPES)
+    return time.perf_counter() - began, frame, requests
+
+
+def compare(backfill: Backfill, run: PipelineRun, bare: pd.DataFrame) -> tuple[bool, str]:
+    """Stored candles equal bare ccxt's up to the last stored one; later ones closed after the run began."""
+    tf_ms = timeframe_ms(backfill.timeframe)
+    store = CandleStore(run.store_root)
+    stored = store.read(EXCHANGE, backfill.symbol, backfill.timeframe, backfill.start, backfill.end)
+    stored = stored.reset_index(drop=True)
+    cutoff = int(stored["timestamp"].iloc[-1]) + tf_ms if len(stored) else day_start_ms(backfill.start)
+    head = bare[bare["timestamp"] < cutoff].reset_index(drop=True)
+    later = bare[bare["timestamp"] >= cutoff]
+    if not stored.equals(head):
+        if len(stored) != len(head):
+            return False, f"stored {len(stored):,} candles, bare ccxt {len(head):,} over the same span"
+        differ = (stored != head).any(axis=1)
+        at = pd.Timestamp(int(stored["timestamp"][differ].iloc[0]), unit="ms", tz="UTC")
+        return False, f"{int(differ.sum()):,} candles differ, the first at {at:%Y-%m-%d %H:%M}"
+    if len(later) and int(later["timestamp"].iloc[0]) + tf_ms <= run.started_ms:
+        return False, f"the store lacks {len(later):,} candles that were closed before the run began"
+    note = f"{len(stored):,} candles"
+    if len(later):
+        note += f"; bare ccxt has {len(later):,} more that closed after the run began"
+    return True, note
+
+
+def _line(label: str, seconds: float, tail: str = "") -> None:
+    print(f"  {label + ':':<45}{seconds:6.1f} s" + (f"   -> {tail}" if tail else ""))
+
+
+def print_backfill(label: str, pipeline: PipelineRun, noop: float, bare_seconds: float, bare_requests: int) -> None:
+    ratio = pipeline.seconds / noop
+    above_floor = pipeline.seconds - noop
+    _line(f"pipeline (Dagster asset, {label} instance)", pipeline.seconds)
+    _line("no-op asset, same range, same instance kind", noop,
+          f"pipeline / no-op = {ratio:.2f} (bar <= {BAR}{'' if ratio <= BAR else ': MISSED'})")
+    _line("bare ccxt paging, same emulator", bare_seconds,
+          f"pipeline / bare ccxt = {pipeline.seconds / bare_seconds:.1f} ({bare_requests} requests)")
+    _line("pipeline minus no-op floor", above_floor, f"vs bare ccxt = {above_floor / bare_seconds:.1f}")
+    if pipeline.stages:
+        stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in pipeline.stages.items())
+        print(f"  pipeline's own stages (ingest_days): {stages}")
+
+
+def warm_up(backfill: Backfill, work: Path) -> None:
+    """Both jobs once over the last days, untimed, so imports and first-call costs hit neither."""
+    start = backfill.end - dt.timedelta(days=WARM_UP_DAYS)
+    with sqlite_instance(work / "warm-up-pipeline") as instance:
+        run_pipeline(backfill, instance, work / "warm-up-store", start)
+    with sqlite_instance(work / "warm-up-noop") as instance:
+        run_noop(backfill, instance, start)
+
+
+def bench(args: argparse.Namespace, work: Path) -> int:
+    today = dt.datetime.now(dt.UTC).date()
+    failed = False
+    with build_emulator(synthetic_seed=DEMO_SEED, port=0) as emulator:
+        config_dir = bench_config(work / "config", emulator.base_url, args.symbol, args.timeframe, args.start)
+        settings = load_exchanges_config(config_dir).get(EXCHANGE)
+        backfill = Backfill(args.symbol, args.timeframe, args.start, today + dt.timedelta(days=1), settings, config_dir)
+        warm_up(backfill, work)
+
+        with sqlite_instance(work / "dagster-pipeline") as instance:
+            pipeline = run_pipeline(backfill, instance, work / "store")
+        with sqlite_instance(work / "dagster-noop") as instance:
+            noop = run_noop(backfill, instance)
+        bare_seconds, bare, bare_requests = fetch_bare(emulator.base_url, args.symbol, args.timeframe, args.start)
+        same, note = compare(backfill, pipeline, bare)
+        candles = len(CandleStore(pipeline.store_root).read(EXCHANGE, args.symbol, args.timeframe))
+
+        print(f"backfill {args.start}..{today} {args.symbol} {args.timeframe} "
+              f"({backfill.partitions:,} partitions, {candles:,} candles; emulator seed {DEMO_SEED}, rate limit off)")
+        print_backfill("SQLite", pipeline, noop, bare_seconds, bare_requests)
+        print(f"  stored == bare ccxt: {'yes' if same else 'NO'} ({note})")
+        failed |= not same
+
+        if args.postgres_url:
+            try:
+                import dagster_postgres  # noqa: F401
+            except ImportError:
+                print("  PostgreSQL instance: skipped (dagster_postgres is not installed)")
+            else:
+                with postgres_instance(work / "dagster-pg-pipeline", args.postgres_url) as instance:
+                    pg_pipeline = run_pipeline(backfill, instance, work / "store-pg")
+                with postgres_instance(work / "dagster-pg-noop", args.postgres_url) as instance:
+                    pg_noop = run_noop(backfill, instance)
+                print_backfill("PostgreSQL", pg_pipeline, pg_noop, bare_seconds, bare_requests)
+                pg_same, pg_note = compare(backfill, pg_pipeline, bare)
+                print(f"  stored == bare ccxt: {'yes' if pg_same else 'NO'} ({pg_note})")
+                failed |= not pg_same
+
+    print_numbers(measure_store_reads(str(work / "store-read")))
+    return 1 if failed else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--symbol", default="BTC/USDT")
+    parser.add_argument("--timeframe", default="1h")
+    parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2017, 1, 1))
+    parser.add_argument("--postgres-url", help="also run (a) and (b) on a dagster-postgres instance")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="atlas-ingest-bench-") as work:
+        try:
+            code = bench(args, Path(work))
+        except BenchFailed as error:
+            print(f"bench failed: {error}", file=sys.stderr)
+            code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
