@@ -186,7 +186,7 @@ class ExchangeClient:
             pages.append(rows)
             fetched += len(rows)
             last = max(int(row[0]) for row in rows)
-            if self._counters.requests % 25 == 0:
+            if len(pages) % 25 == 0:
                 self.log.info(
                     f"{self.connection.exchange_id} {symbol} {timeframe}: {self._counters.requests - before.requests} "
                     f"requests, {fetched:,} candles, up to {_iso(last)}"

@@ -25,39 +25,57 @@ def ohlcv_job(settings: ExchangeSettings) -> dg.UnresolvedAssetJobDefinition:
     )
 
 
-def _day_requests(settings: ExchangeSettings, day: dt.date, purpose: str) -> list[dg.RunRequest]:
-    return [
-        dg.RunRequest(
-            run_key=f"{purpose}-{day.isoformat()}-{symbol}",
-            partition_key=dg.MultiPartitionKey({DATE: day.isoformat(), SYMBOL: symbol}),
-        )
-        for symbol in symbols_by_key(settings)
-    ]
+def _day_schedule(
+    settings: ExchangeSettings,
+    job: dg.UnresolvedAssetJobDefinition,
+    *,
+    kind: str,
+    cron: str,
+    days_back: int,
+    status: dg.DefaultScheduleStatus,
+    description: str,
+) -> dg.ScheduleDefinition:
+    """A schedule requesting, for every market, the day ``days_back`` before the tick (UTC)."""
+
+    @dg.schedule(
+        name=f"ohlcv_{settings.id}_{kind}",
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        job=job,
+        default_status=status,
+        description=description,
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        tick = context.scheduled_execution_time.astimezone(dt.UTC)
+        day = (tick - dt.timedelta(days=days_back)).date().isoformat()
+        return [
+            dg.RunRequest(
+                run_key=f"{kind}-{tick:%Y-%m-%dT%H:%M}-{symbol}",
+                partition_key=dg.MultiPartitionKey({DATE: day, SYMBOL: symbol}),
+            )
+            for symbol in symbols_by_key(settings)
+        ]
+
+    return _schedule
 
 
 def ohlcv_schedules(settings: ExchangeSettings, job: dg.UnresolvedAssetJobDefinition) -> list[dg.ScheduleDefinition]:
-    @dg.schedule(
-        name=f"ohlcv_{settings.id}_daily",
-        cron_schedule="15 0 * * *",
-        execution_timezone="UTC",
-        job=job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
+    daily = _day_schedule(
+        settings,
+        job,
+        kind="daily",
+        cron="15 0 * * *",
+        days_back=1,
+        status=dg.DefaultScheduleStatus.RUNNING,
         description="Yesterday's candles for every market, once the day has closed.",
     )
-    def daily(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-        yesterday = context.scheduled_execution_time.astimezone(dt.UTC).date() - dt.timedelta(days=1)
-        return _day_requests(settings, yesterday, "daily")
-
-    @dg.schedule(
-        name=f"ohlcv_{settings.id}_intraday",
-        cron_schedule="5 * * * *",
-        execution_timezone="UTC",
-        job=job,
-        default_status=dg.DefaultScheduleStatus.STOPPED,
+    intraday = _day_schedule(
+        settings,
+        job,
+        kind="intraday",
+        cron="5 * * * *",
+        days_back=0,
+        status=dg.DefaultScheduleStatus.STOPPED,
         description="Today's candles so far (partial day), hourly; only new candles are fetched.",
     )
-    def intraday(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-        now = context.scheduled_execution_time.astimezone(dt.UTC)
-        return _day_requests(settings, now.date(), f"intraday-{now:%H}")
-
     return [daily, intraday]
