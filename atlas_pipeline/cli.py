@@ -45,6 +45,13 @@ def dagster_instance():
             raise UsageError("set DAGSTER_HOME: ATLAS_HOME is a URL, so Atlas cannot keep Dagster's storage under it")
         home = Path(root) / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
+        settings = home / "dagster.yaml"
+        if not settings.exists():
+            settings.write_text(
+                "# Dagster instance created by the atlas CLI: SQLite storage in this folder.\n"
+                "# Production storage (PostgreSQL) and run launchers: see README.md.\n"
+                "telemetry:\n  enabled: false\n"
+            )
         os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
 

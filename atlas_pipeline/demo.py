@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -74,7 +75,8 @@ def run_demo(days: int = 90) -> None:
               f"over {len(coverage)} days")
     print(f"\nData:            {store.root}/ohlcv")
     print(f"Dagster runs:    {os.environ['DAGSTER_HOME']} ({len(runs)} runs)")
+    bin_dir = Path(sys.executable).parent
     print("Open the UI:     "
-          f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} ATLAS_CONFIG={config_dir} dagster dev -w workspace.yaml")
-    print(f"Fetch more:      atlas emulator --synthetic {DEMO_SEED} --port {DEMO_PORT}   "
+          f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} ATLAS_CONFIG={config_dir} {bin_dir / 'dagster'} dev -w workspace.yaml")
+    print(f"Fetch more:      {bin_dir / 'atlas'} emulator --synthetic {DEMO_SEED} --port {urlsplit(emulator.base_url).port}   "
           "(then materialize or backfill from the UI)")
