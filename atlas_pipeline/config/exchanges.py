@@ -17,8 +17,8 @@ from typing import Any
 import ccxt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from atlas_pipeline.config.errors import MISSING, ConfigError, FieldError
-from atlas_pipeline.config.loading import read_yaml, validation_error_to_config_error
+from atlas_pipeline.config.errors import ConfigError, FieldError
+from atlas_pipeline.config.loading import read_section, validation_error_to_config_error
 from atlas_pipeline.config.paths import config_dir
 from atlas_pipeline.market_data.candles import timeframe_ms
 
@@ -157,23 +157,16 @@ def _max_request_limit(exchange: ccxt.Exchange) -> int | None:
 def load_exchanges_config(directory: Path | str | None = None) -> ExchangesConfig:
     """Load and validate ``exchanges.yaml`` from ``directory`` (default: ``config_dir()``)."""
     path = Path(directory or config_dir()) / EXCHANGES_FILE
-    raw = read_yaml(path)
-    exchanges = raw.get("exchanges", MISSING) if isinstance(raw, dict) else MISSING
-    if not isinstance(exchanges, dict) or not exchanges:
-        raise ConfigError(path, "exchanges", exchanges, "needs a mapping of exchange id -> settings")
+    entries = read_section(path, "exchanges")
+    if not entries:
+        raise ConfigError(path, "exchanges", entries, "needs at least one exchange")
     parsed: dict[str, ExchangeSettings] = {}
-    for exchange_id, settings in exchanges.items():
+    for exchange_id, settings in entries.items():
         key = f"exchanges.{exchange_id}"
-        if not isinstance(settings, dict):
-            raise ConfigError(path, key, settings, "needs a mapping with timeframes and markets")
         if "id" in settings:
             raise ConfigError(path, f"{key}.id", settings["id"], "the exchange id is the key itself")
         try:
             parsed[exchange_id] = ExchangeSettings(id=exchange_id, **settings)
         except ValidationError as error:
             raise validation_error_to_config_error(error, path, key, {"id": exchange_id, **settings}) from None
-    unknown = set(raw) - {"exchanges"}
-    if unknown:
-        name = sorted(unknown)[0]
-        raise ConfigError(path, name, raw[name], "unknown top-level key; expected only 'exchanges'")
     return ExchangesConfig(exchanges=parsed)

@@ -23,6 +23,23 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(path, where, MISSING, f"not valid YAML: {getattr(error, 'problem', error)}") from None
 
 
+def read_section(path: Path, section: str) -> dict[str, Any]:
+    """The mapping under ``section``, the file's only top-level key; each entry must be a mapping."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "", raw, f"expected a mapping with a '{section}' key")
+    unknown = sorted(set(raw) - {section})
+    if unknown:
+        raise ConfigError(path, unknown[0], raw[unknown[0]], f"unknown top-level key; expected only '{section}'")
+    entries = raw.get(section, MISSING)
+    if not isinstance(entries, dict):
+        raise ConfigError(path, section, entries, "needs a mapping of name -> settings")
+    for name, settings in entries.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(path, f"{section}.{name}", settings, "needs a mapping of settings")
+    return entries
+
+
 def validation_error_to_config_error(
     error: ValidationError, path: Path, prefix: str, raw: dict[str, Any]
 ) -> ConfigError:
