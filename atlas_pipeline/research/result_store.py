@@ -1,0 +1,112 @@
+"""Where backtest outputs live: ``<root>/backtests/<name>/<SYMBOL-KEY>/``.
+
+- ``equity.parquet``: the equity curve with the close price of each bar (``EQUITY_COLUMNS`` + close)
+- ``trades.parquet``, ``orders.parquet``: closed trades and every order
+- ``result.json``: warm-up bars and the parameters the run used
+- ``metrics.json`` and ``charts/<name>.png``: written by the metrics step
+
+Every file is written to a temp name beside it and renamed, so readers (the metrics step, the
+leaderboard, a notebook) never see half a result. The root is the candle store's root, so one
+``ATLAS_HOME`` (folder or fsspec URL) holds everything.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+import pandas as pd
+
+from atlas_pipeline.market_data.candles import symbol_key
+from atlas_pipeline.research.results import EQUITY_COLUMNS, BacktestResult
+
+
+class ResultStore:
+    def __init__(self, root: str) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(str(root))
+        self.root = self.root.rstrip("/")
+
+    def folder(self, name: str, symbol: str) -> str:
+        return f"{self.root}/backtests/{name}/{symbol_key(symbol)}"
+
+    def url(self, path: str) -> str:
+        """A path a user can open: plain for local roots, with the protocol otherwise."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+    def save_result(self, name: str, symbol: str, result: BacktestResult) -> str:
+        folder = self.folder(name, symbol)
+        equity = result.equity.assign(close=result.close)
+        self._write(f"{folder}/equity.parquet", _parquet(equity))
+        self._write(f"{folder}/trades.parquet", _parquet(result.trades))
+        self._write(f"{folder}/orders.parquet", _parquet(result.orders))
+        meta = {"symbol": symbol, "warmup_bars": result.warmup_bars, "parameters": result.parameters}
+        self._write(f"{folder}/result.json", json.dumps(meta, indent=2, default=str).encode())
+        return folder
+
+    def load_result(self, name: str, symbol: str) -> BacktestResult:
+        folder = self.folder(name, symbol)
+        if not self.fs.exists(f"{folder}/result.json"):
+            raise FileNotFoundError(f"no stored result for backtest {name!r} {symbol} (materialize backtest/{name} first)")
+        meta = json.loads(self.fs.cat_file(f"{folder}/result.json"))
+        equity = self._read(f"{folder}/equity.parquet")
+        return BacktestResult(
+            equity=equity.loc[:, list(EQUITY_COLUMNS)],
+            trades=self._read(f"{folder}/trades.parquet"),
+            orders=self._read(f"{folder}/orders.parquet"),
+            close=equity["close"],
+            warmup_bars=int(meta["warmup_bars"]),
+            parameters=dict(meta.get("parameters", {})),
+        )
+
+    def save_metrics(self, name: str, symbol: str, metrics: Mapping[str, Any]) -> str:
+        path = f"{self.folder(name, symbol)}/metrics.json"
+        self._write(path, json.dumps(dict(metrics), indent=2, default=_json_value).encode())
+        return path
+
+    def load_metrics(self, name: str, symbol: str) -> dict[str, Any] | None:
+        path = f"{self.folder(name, symbol)}/metrics.json"
+        return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
+
+    def save_chart(self, name: str, symbol: str, chart: str, png: bytes) -> str:
+        path = f"{self.folder(name, symbol)}/charts/{chart}.png"
+        self._write(path, png)
+        return path
+
+    def save_leaderboard(self, table: pd.DataFrame) -> str:
+        path = f"{self.root}/backtests/leaderboard.csv"
+        self._write(path, table.to_csv(index=False).encode())
+        return path
+
+    def _write(self, path: str, data: bytes) -> None:
+        folder, filename = path.rsplit("/", 1)
+        self.fs.makedirs(folder, exist_ok=True)
+        temp = f"{folder}/.{filename}.{uuid.uuid4().hex}.tmp"
+        try:
+            with self.fs.open(temp, "wb") as handle:
+                handle.write(data)
+            self.fs.mv(temp, path)
+        finally:
+            if self.fs.exists(temp):
+                self.fs.rm(temp)
+
+    def _read(self, path: str) -> pd.DataFrame:
+        with self.fs.open(path, "rb") as handle:
+            return pd.read_parquet(handle)
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer)
+    return buffer.getvalue()
+
+
+def _json_value(value: Any) -> Any:
+    """NaN/inf metrics stay readable JSON (as strings), timestamps become ISO strings."""
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return str(value)

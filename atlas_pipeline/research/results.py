@@ -1,0 +1,46 @@
+"""What a backtest produces, as plain frames every other research module agrees on.
+
+Times are tz-aware UTC ``pd.Timestamp``s of the bar's open (the candle convention's
+``timestamp``); the equity of a bar is marked at that bar's close.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+EQUITY_COLUMNS = ("equity", "cash", "position", "in_market")
+"""Per bar after warm-up, indexed by bar open time (UTC DatetimeIndex named ``time``):
+equity = broker value at the bar's close (cash + position marked at close), cash, position =
+signed size held in base units (negative when short), in_market = position != 0."""
+
+TRADE_COLUMNS = (
+    "entry_time", "exit_time", "side", "size", "entry_price", "exit_price",
+    "gross_pnl", "fees", "net_pnl", "return_pct", "bars_held",
+)
+"""One row per closed trade: side 'long'|'short'; size > 0 in base units; prices are fills
+(slippage included); fees = both sides' commission; net_pnl = gross_pnl - fees; return_pct =
+net_pnl / (size * entry_price); bars_held = bars between entry and exit fills."""
+
+ORDER_COLUMNS = ("created_time", "executed_time", "side", "size", "price", "value", "fee", "status")
+"""One row per order: side 'buy'|'sell'; size > 0; price = fill price; value = size * price;
+fee = commission paid; status 'completed'|'rejected'|'margin'|'canceled'."""
+
+
+@dataclass
+class BacktestResult:
+    """Everything one backtest of one market produced."""
+
+    equity: pd.DataFrame
+    trades: pd.DataFrame
+    orders: pd.DataFrame
+    close: pd.Series
+    """Close prices over the same bars as ``equity`` (for buy-and-hold and charts)."""
+    warmup_bars: int
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bars(self) -> int:
+        return len(self.equity)
