@@ -208,6 +208,23 @@ class _LocalIO:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def replace_file(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to a dot-prefixed temp object beside ``path``, then move it over ``path``.
+
+    Readers see the old object or the new one, never a partial one; a failure removes the temp.
+    """
+    folder, name = path.rsplit("/", 1)
+    fs.makedirs(folder, exist_ok=True)
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp)
+        raise
+
+
 class _FsspecIO:
     """Any fsspec filesystem (memory, s3, gcs ...): whole-object reads and put-then-mv writes."""
 
@@ -240,16 +257,7 @@ class _FsspecIO:
             return None
 
     def _replace(self, path: str, data: bytes) -> None:
-        folder, name = path.rsplit("/", 1)
-        self.fs.makedirs(folder, exist_ok=True)
-        tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-        try:
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, path)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.fs.rm(tmp)
-            raise
+        replace_file(self.fs, path, data)
 
     def write_table(self, path: str, table: pa.Table) -> None:
         sink = pa.BufferOutputStream()

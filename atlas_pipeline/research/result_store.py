@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ import fsspec
 import pandas as pd
 
 from atlas_pipeline.market_data.candles import symbol_key
+from atlas_pipeline.market_data.store import replace_file
 from atlas_pipeline.research.results import EQUITY_COLUMNS, BacktestResult
 
 
@@ -83,16 +83,7 @@ class ResultStore:
         return path
 
     def _write(self, path: str, data: bytes) -> None:
-        folder, filename = path.rsplit("/", 1)
-        self.fs.makedirs(folder, exist_ok=True)
-        temp = f"{folder}/.{filename}.{uuid.uuid4().hex}.tmp"
-        try:
-            with self.fs.open(temp, "wb") as handle:
-                handle.write(data)
-            self.fs.mv(temp, path)
-        finally:
-            if self.fs.exists(temp):
-                self.fs.rm(temp)
+        replace_file(self.fs, path, data)
 
     def _read(self, path: str) -> pd.DataFrame:
         with self.fs.open(path, "rb") as handle:
