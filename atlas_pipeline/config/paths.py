@@ -17,3 +17,10 @@ def config_dir() -> Path:
     shipped = REPO_ROOT / "config"
     return shipped if shipped.is_dir() else Path.cwd() / "config"
 
+
+def strategies_dir() -> Path:
+    """``$ATLAS_STRATEGIES`` if set; else the checkout's ``strategies/``; else ``./strategies``."""
+    if env := os.environ.get("ATLAS_STRATEGIES"):
+        return Path(env).expanduser()
+    shipped = REPO_ROOT / "strategies"
+    return shipped if shipped.is_dir() else Path.cwd() / "strategies"

@@ -40,6 +40,9 @@ class BacktestResult:
     """Close prices over the same bars as ``equity`` (for buy-and-hold and charts)."""
     warmup_bars: int
     parameters: dict[str, Any] = field(default_factory=dict)
+    """What the run used: ``strategy`` (name), ``params`` (every strategy param, defaults filled
+    in), ``timeframe``, and the costs ``cash``, ``fraction``, ``commission``, ``slippage``,
+    ``cushion`` (see ``research.engine``)."""
 
     @property
     def bars(self) -> int:

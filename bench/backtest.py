@@ -1,0 +1,173 @@
+"""Backtest speed: the Atlas engine against a bare backtrader script, on 1 year of 1m candles.
+
+Run: ``/work/venv/bin/python bench/backtest.py [--days 365] [--variants]``. One run prints bars/s
+for
+(a) ``run_backtest`` (strategy file loaded and params checked, candle frame in, result frames out)
+    with ``strategies/sma_crossover.py``, and
+(b) a bare backtrader script: the same SMA crossover written the usual way, ``PandasData`` on a
+    frame with a datetime index, ``bt.Cerebro()`` with its default options (observers on),
+and the ratio (a)/(b); the bar is >= 1.0. The candles are a seeded random walk (1,440 bars a day,
+``bench/store_read.py``'s generator). To compare like with like the bare script gets the same
+costs through backtrader's stock settings: ``PercentSizer(percents=95)`` (95 % of cash per entry,
+fractional) for Atlas's ``fraction=0.95`` and ``setcommission(0.001)`` (0.1 % per side). The run
+then checks that both give the same closed trades (entry/exit times, net pnl) and the same final
+value, prints the differences, and exits 1 if they disagree beyond 1e-9 or the ratio is under the
+bar. ``--variants`` also times the engine with each speed choice undone (backtrader's
+``PandasData`` feed, ``runonce=False``, observers on, the broker's full per-bar loop) and checks
+each gives the same result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+
+from atlas_pipeline.research import engine
+from atlas_pipeline.research.engine import BacktestSpec, run_backtest
+from atlas_pipeline.research.results import BacktestResult
+
+sys.path.insert(0, str(Path(__file__).parent))
+from store_read import synthetic_candles  # noqa: E402
+
+BAR = 1.0
+REL = 1e-9
+START = dt.date(2025, 1, 1)
+FAST, SLOW, CASH, FRACTION, COMMISSION = 20, 50, 10_000.0, 0.95, 0.001
+SPEC = BacktestSpec("sma_crossover", {"fast": FAST, "slow": SLOW}, cash=CASH, fraction=FRACTION, commission=COMMISSION)
+
+
+class BareSmaCrossover(bt.Strategy):
+    """The textbook backtrader SMA crossover: buy on an upward cross when flat, close on a downward one."""
+
+    params = (("fast", FAST), ("slow", SLOW))
+
+    def __init__(self) -> None:
+        fast = bt.ind.SMA(self.data.close, period=self.p.fast)
+        slow = bt.ind.SMA(self.data.close, period=self.p.slow)
+        self.cross = bt.ind.CrossOver(fast, slow)
+
+    def next(self) -> None:
+        if not self.position:
+            if self.cross[0] > 0:
+                self.buy()
+        elif self.cross[0] < 0:
+            self.close()
+
+
+def indexed(candles: pd.DataFrame) -> pd.DataFrame:
+    """The frame a bare script feeds ``PandasData``: OHLCV with a (naive UTC) datetime index."""
+    return candles.set_index(pd.to_datetime(candles["timestamp"], unit="ms")).drop(columns="timestamp")
+
+
+def run_bare(frame: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """Final value and closed trades (entry ms, exit ms, net pnl) of the bare script."""
+    cerebro = bt.Cerebro()
+    cerebro.adddata(bt.feeds.PandasData(dataname=frame, timeframe=bt.TimeFrame.Minutes, compression=1))
+    cerebro.addstrategy(BareSmaCrossover)
+    cerebro.addsizer(bt.sizers.PercentSizer, percents=FRACTION * 100)
+    cerebro.broker.setcash(CASH)
+    cerebro.broker.setcommission(commission=COMMISSION)
+    (strategy,) = cerebro.run()
+    closed = [t for ts in strategy._trades[strategy.data].values() for t in ts if t.isclosed]
+    to_ms = lambda num: int(round((num - 719_163.0) * 86_400_000))  # noqa: E731 - bt day number -> ms
+    trades = pd.DataFrame(
+        {
+            "entry": [to_ms(t.dtopen) for t in closed],
+            "exit": [to_ms(t.dtclose) for t in closed],
+            "net_pnl": [t.pnlcomm for t in closed],
+        }
+    )
+    return cerebro.broker.getvalue(), trades
+
+
+def atlas_trades(result: BacktestResult) -> pd.DataFrame:
+    ms = lambda column: (result.trades[column] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)  # noqa: E731
+    return pd.DataFrame({"entry": ms("entry_time"), "exit": ms("exit_time"), "net_pnl": result.trades["net_pnl"]})
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    began = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - began, value
+
+
+def compare(label: str, value_a: float, trades_a: pd.DataFrame, value_b: float, trades_b: pd.DataFrame) -> bool:
+    same_times = len(trades_a) == len(trades_b) and (trades_a[["entry", "exit"]].to_numpy() == trades_b[["entry", "exit"]].to_numpy()).all()
+    pnl_diff = float(np.max(np.abs(trades_a["net_pnl"].to_numpy() - trades_b["net_pnl"].to_numpy()) / CASH)) if same_times else float("nan")
+    value_diff = abs(value_a - value_b) / abs(value_b)
+    ok = bool(same_times and pnl_diff <= REL and value_diff <= REL)
+    print(
+        f"  {label}: trades {len(trades_a)} vs {len(trades_b)}, same entry/exit times: {same_times}, "
+        f"max |net pnl diff|/cash {pnl_diff:.1e}, final value {value_a:,.6f} vs {value_b:,.6f} "
+        f"(rel diff {value_diff:.1e}) -> {'same' if ok else 'DIFFERENT'}"
+    )
+    return ok
+
+
+def pandas_feed(dataname: pd.DataFrame, **kwargs) -> bt.feeds.PandasData:
+    return bt.feeds.PandasData(dataname=indexed(dataname), **kwargs)
+
+
+def run_variants(candles: pd.DataFrame, reference: BacktestResult) -> bool:
+    """Undo one speed choice at a time; each must give the same result, only slower."""
+    defaults = {"FEED": engine.FEED, "CEREBRO_OPTIONS": dict(engine.CEREBRO_OPTIONS)}
+    fast_next = engine.RecordingBroker.next
+    variants = {
+        "PandasData feed": ({"FEED": pandas_feed}, fast_next),
+        "runonce=False": ({"CEREBRO_OPTIONS": {**engine.CEREBRO_OPTIONS, "runonce": False}}, fast_next),
+        "observers on (stdstats=True)": ({"CEREBRO_OPTIONS": {**engine.CEREBRO_OPTIONS, "stdstats": True}}, fast_next),
+        "BackBroker.next on every bar": ({}, bt.brokers.BackBroker.next),
+    }
+    ok = True
+    for label, (patch, broker_next) in variants.items():
+        vars(engine).update(patch)
+        engine.RecordingBroker.next = broker_next
+        try:
+            seconds, result = timed(lambda: run_backtest(candles, SPEC, "1m"))
+        finally:
+            vars(engine).update(defaults)
+            engine.RecordingBroker.next = fast_next
+        print(f"variant {label:<30} {seconds:7.2f} s  {len(candles) / seconds:10,.0f} bars/s")
+        ok &= compare(
+            label, result.equity["equity"].iloc[-1], atlas_trades(result),
+            reference.equity["equity"].iloc[-1], atlas_trades(reference),
+        )
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--variants", action="store_true", help="also time the engine with each speed choice undone")
+    args = parser.parse_args()
+    candles = synthetic_candles("1m", START, START + dt.timedelta(days=args.days), seed=1)
+    frame = indexed(candles)
+    bars = len(candles)
+    print(f"{bars:,} synthetic 1m candles ({START} + {args.days} days), SMA crossover {FAST}/{SLOW}, "
+          f"{FRACTION:.0%} of equity per entry, {COMMISSION:.1%} per side")
+    run_backtest(candles.iloc[:2_000], SPEC, "1m")  # imports and first-call costs, for both
+    run_bare(frame.iloc[:2_000])
+
+    atlas_s, result = timed(lambda: run_backtest(candles, SPEC, "1m"))
+    bare_s, (bare_value, bare_trades) = timed(lambda: run_bare(frame))
+    atlas_rate, bare_rate = bars / atlas_s, bars / bare_s
+    print(f"atlas engine     {atlas_s:7.2f} s  {atlas_rate:10,.0f} bars/s  (run_backtest: file strategy, CandleFeed, result frames)")
+    print(f"bare backtrader  {bare_s:7.2f} s  {bare_rate:10,.0f} bars/s  (PandasData, bt.Cerebro() defaults)")
+    ratio = atlas_rate / bare_rate
+    print(f"ratio atlas/bare {ratio:.2f} (bar >= {BAR})")
+    same = compare("atlas vs bare", result.equity["equity"].iloc[-1], atlas_trades(result), bare_value, bare_trades)
+    if args.variants:
+        same &= run_variants(candles, result)
+    return 0 if same and ratio >= BAR else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
