@@ -116,6 +116,59 @@ def cmd_emulator(args: argparse.Namespace) -> None:
     print("atlas emulator: stopped", file=sys.stderr)
 
 
+def _backtest_settings(name: str):
+    from atlas_pipeline.config import load_exchanges_config
+    from atlas_pipeline.config.backtests import load_backtests_config
+
+    try:
+        return load_backtests_config(load_exchanges_config()).get(name)
+    except KeyError as error:
+        raise UsageError(str(error).strip('"')) from None
+
+
+def cmd_backtest(args: argparse.Namespace) -> None:
+    from atlas_pipeline.market_data.store import CandleStore
+    from atlas_pipeline.research.engine import StrategyError
+    from atlas_pipeline.research.metrics import metrics_table_markdown
+    from atlas_pipeline.research.result_store import ResultStore
+    from atlas_pipeline.research_runs import compute_backtest_metrics, run_backtest
+
+    settings = _backtest_settings(args.name)
+    symbols = args.symbol or settings.symbols
+    for symbol in symbols:
+        if symbol not in settings.symbols:
+            raise UsageError(f"backtest {args.name!r} does not cover {symbol!r} (symbols: {settings.symbols})")
+    store = CandleStore()
+    results = ResultStore(store.root)
+    for symbol in symbols:
+        print(f"atlas backtest: {args.name} {symbol} ...", file=sys.stderr)
+        try:
+            run = run_backtest(settings, symbol, store, results)
+        except (StrategyError, ValueError, FileNotFoundError) as error:
+            raise CommandFailed(f"{args.name} {symbol}: {error}") from None
+        outcome = compute_backtest_metrics(settings, symbol, results)
+        print(f"\n## {args.name} {symbol} ({run.result.bars:,} bars after {run.result.warmup_bars} warm-up)\n")
+        print(metrics_table_markdown(outcome.metrics))
+        print(f"\nresults: {results.url(run.folder)}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from atlas_pipeline.market_data.store import CandleStore
+    from atlas_pipeline.research.result_store import ResultStore
+    from atlas_pipeline.research_runs import write_backtest_report
+
+    settings = _backtest_settings(args.name)
+    root = CandleStore().root
+    results = ResultStore(root)
+    reports = Path(root) / "reports" if "://" not in root else Path.cwd() / "reports"
+    output = Path(args.output) if args.output else reports / f"{args.name}.html"
+    try:
+        path = write_backtest_report(settings, results, output)
+    except FileNotFoundError as error:
+        raise CommandFailed(str(error)) from None
+    print(path)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from atlas_pipeline.demo import run_demo
 
@@ -142,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--synthetic", type=int, metavar="SEED", help="serve seeded synthetic markets")
     emulator.add_argument("--fault", action="append", default=[], metavar="SPEC", help="e.g. rate_limit:times=3,retry_after=1")
     emulator.set_defaults(handler=cmd_emulator)
+
+    backtest = commands.add_parser("backtest", help="run a backtest from config/backtests.yaml and print its metrics")
+    backtest.add_argument("name", help="backtest name from config/backtests.yaml")
+    backtest.add_argument("--symbol", action="append", help="market (repeatable; default: all of the backtest's)")
+    backtest.set_defaults(handler=cmd_backtest)
+
+    report = commands.add_parser("report", help="write an HTML report of a backtest's stored results")
+    report.add_argument("name", help="backtest name from config/backtests.yaml")
+    report.add_argument("--output", help="HTML file (default: $ATLAS_HOME/reports/<name>.html)")
+    report.set_defaults(handler=cmd_report)
 
     demo = commands.add_parser("demo", help="offline demo: emulator + Dagster materialization into the local store")
     demo.add_argument("--days", type=int, default=90, help="how many days back from today to materialize")

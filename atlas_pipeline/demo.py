@@ -27,7 +27,25 @@ def _port_free(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-def write_demo_config(folder: Path, api_url: str) -> Path:
+def demo_backtests(start: dt.date) -> dict[str, dict]:
+    """Two strategies on every demo market's 1h candles from ``start``."""
+    common = {
+        "exchange": "binance",
+        "timeframe": "1h",
+        "symbols": DEMO_MARKETS,
+        "period": {"start": start.isoformat()},
+        "cash": 10_000,
+        "sizing": {"fraction": 0.95},
+        "slippage": 0.0005,
+    }
+    return {
+        "sma_crossover_1h": {"strategy": "sma_crossover", "params": {"fast": 20, "slow": 50}, **common},
+        "rsi_long_short_1h": {"strategy": "rsi_mean_reversion", "params": {"period": 14, "allow_short": True}, **common},
+    }
+
+
+def write_demo_config(folder: Path, api_url: str, backtests_from: dt.date | None = None) -> Path:
+    """The demo's ``exchanges.yaml`` (ccxt -> emulator) and, with ``backtests_from``, ``backtests.yaml``."""
     folder.mkdir(parents=True, exist_ok=True)
     config = {
         "exchanges": {
@@ -42,39 +60,59 @@ def write_demo_config(folder: Path, api_url: str) -> Path:
     }
     path = folder / "exchanges.yaml"
     path.write_text("# Written by `atlas demo`: ccxt talks to the local exchange emulator.\n" + yaml.safe_dump(config))
+    backtests = folder / "backtests.yaml"
+    if backtests_from is not None:
+        backtests.write_text("# Written by `atlas demo`.\n" + yaml.safe_dump({"backtests": demo_backtests(backtests_from)}))
+    elif backtests.exists():
+        backtests.unlink()
     return folder
 
 
 def run_demo(days: int = 90) -> None:
     from atlas_pipeline.cli import CommandFailed, dagster_instance
-    from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
+    from atlas_pipeline.config import load_exchanges_config
+    from atlas_pipeline.config.backtests import load_backtests_config
     from atlas_pipeline.defs.definitions import build_definitions
+    from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
+    from atlas_pipeline.defs.research.launch import materialize_backtests
     from atlas_pipeline.market_data.emulator import build_emulator
     from atlas_pipeline.market_data.store import CandleStore
+    from atlas_pipeline.research.result_store import ResultStore
+    from atlas_pipeline.research_runs import leaderboard, leaderboard_markdown, write_backtest_report
 
     store = CandleStore()
     instance = dagster_instance()
+    today = dt.datetime.now(dt.UTC).date()
+    start, end = today - dt.timedelta(days=days), today + dt.timedelta(days=1)
     port = DEMO_PORT if _port_free(DEMO_PORT) else 0
     with build_emulator(synthetic_seed=DEMO_SEED, port=port) as emulator:
-        config_dir = write_demo_config(Path(store.root) / "demo" / "config", emulator.base_url)
+        config_dir = write_demo_config(Path(store.root) / "demo" / "config", emulator.base_url, backtests_from=start)
         os.environ["ATLAS_CONFIG"] = str(config_dir)
-        today = dt.datetime.now(dt.UTC).date()
-        start, end = today - dt.timedelta(days=days), today + dt.timedelta(days=1)
+        defs = build_definitions(config_dir)
         print(f"atlas demo: emulator at {emulator.base_url}; materializing {start}..{today} "
               f"for {', '.join(DEMO_MARKETS)} at {', '.join(DEMO_TIMEFRAMES)}", file=sys.stderr)
-        runs = materialize_ohlcv_range(
-            build_definitions(config_dir), instance, "binance", DEMO_TIMEFRAMES, DEMO_MARKETS, start, end
-        )
+        runs = materialize_ohlcv_range(defs, instance, "binance", DEMO_TIMEFRAMES, DEMO_MARKETS, start, end)
     failed = [run for run in runs if not run.success]
     if failed:
         raise CommandFailed(f"{failed[0].symbol}: {failed[0].failure_reason()}")
+
+    backtests = list(load_backtests_config(load_exchanges_config(config_dir), config_dir).backtests.values())
+    print(f"atlas demo: backtests {', '.join(b.name for b in backtests)}", file=sys.stderr)
+    research_runs = materialize_backtests(defs, instance, backtests)
+    if not all(run.success for run in research_runs):
+        raise CommandFailed("a backtest failed; see its run in the Dagster UI")
+    results = ResultStore(store.root)
+    reports = [write_backtest_report(b, results, Path(store.root) / "reports" / f"{b.name}.html") for b in backtests]
+
     print("\nStored candles:")
     for series in store.series("binance"):
         coverage = store.coverage(*series)
         print(f"  {series.exchange} {series.symbol:9} {series.timeframe:3}: {int(coverage['rows'].sum()):>6,} candles "
               f"over {len(coverage)} days")
-    print(f"\nData:            {store.root}/ohlcv")
-    print(f"Dagster runs:    {os.environ['DAGSTER_HOME']} ({len(runs)} runs)")
+    print("\nLeaderboard:\n" + leaderboard_markdown(leaderboard(backtests, results)))
+    print(f"\nData:            {store.root}/ohlcv, backtests in {store.root}/backtests")
+    print("Reports:         " + "\n                 ".join(str(path) for path in reports))
+    print(f"Dagster runs:    {os.environ['DAGSTER_HOME']} ({len(runs) + len(research_runs)} runs)")
     bin_dir = Path(sys.executable).parent
     print("Open the UI:     "
           f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} ATLAS_CONFIG={config_dir} {bin_dir / 'dagster'} dev -w workspace.yaml")

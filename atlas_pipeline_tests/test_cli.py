@@ -125,3 +125,38 @@ def test_emulator_command_serves_binance_until_interrupted() -> None:
 def test_emulator_command_refuses_a_missing_data_folder(tmp_path: Path) -> None:
     result = atlas("emulator", "--data", str(tmp_path / "nope"), env={}, timeout=60)
     assert result.returncode == 2 and "not a folder" in result.stderr
+
+
+def test_backtest_and_report_commands(env: dict[str, str], tmp_path: Path) -> None:
+    fetched = atlas(
+        "fetch", "--exchange", "binance", "--symbol", "ETH/BTC", "--timeframe", "5m",
+        "--start", "2018-01-10", "--end", "2018-01-20", env=env,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    (tmp_path / "config" / "backtests.yaml").write_text(
+        "backtests:\n  sma:\n    strategy: sma_crossover\n    exchange: binance\n    timeframe: 5m\n"
+        "    symbols: [ETH/BTC]\n    period: {start: 2018-01-10, end: 2018-01-20}\n"
+    )
+    result = atlas("backtest", "sma", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "## sma ETH/BTC" in result.stdout and "Sharpe" in result.stdout and "|" in result.stdout
+
+    report = atlas("report", "sma", env=env)
+    assert report.returncode == 0, report.stderr
+    path = Path(report.stdout.strip())
+    assert path == tmp_path / "home" / "reports" / "sma.html"
+    html = path.read_text()
+    assert "ETH/BTC" in html and "data:image/png;base64," in html
+
+    unknown = atlas("backtest", "nope", env=env, timeout=120)
+    assert unknown.returncode == 2 and "backtest 'nope' is not configured" in unknown.stderr
+
+
+def test_backtest_without_candles_exits_1_saying_what_to_fetch(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "config" / "backtests.yaml").write_text(
+        "backtests:\n  sma:\n    strategy: sma_crossover\n    exchange: binance\n    timeframe: 5m\n"
+        "    symbols: [ADA/BTC]\n    period: {start: 2018-01-10}\n"
+    )
+    result = atlas("backtest", "sma", env=env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert _last_line(result).startswith("atlas: failed: sma ADA/BTC: "), result.stderr

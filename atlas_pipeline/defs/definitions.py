@@ -7,14 +7,17 @@ from pathlib import Path
 import dagster as dg
 
 from atlas_pipeline.config import load_exchanges_config
+from atlas_pipeline.config.backtests import load_backtests_config
 from atlas_pipeline.defs.market_data.assets import build_ohlcv_asset
 from atlas_pipeline.defs.market_data.schedules import ohlcv_job, ohlcv_schedules
+from atlas_pipeline.defs.research.assets import build_backtest_assets, build_leaderboard_asset
 from atlas_pipeline.defs.resources import CandleStoreResource
 
 
 def build_definitions(config_dir: Path | str | None = None, store_root: str | None = None) -> dg.Definitions:
     """Assets, jobs and schedules for the config in ``config_dir`` (default: ``ATLAS_CONFIG``)."""
     exchanges = load_exchanges_config(config_dir)
+    backtests = load_backtests_config(exchanges, config_dir)
     assets: list[dg.AssetsDefinition] = []
     jobs: list[dg.UnresolvedAssetJobDefinition] = []
     schedules: list[dg.ScheduleDefinition] = []
@@ -23,10 +26,13 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         job = ohlcv_job(settings)
         jobs.append(job)
         schedules.extend(ohlcv_schedules(settings, job))
+    for backtest in backtests.backtests.values():
+        assets.extend(build_backtest_assets(backtest))
+    if backtests.backtests:
+        assets.append(build_leaderboard_asset(list(backtests.backtests.values())))
     return dg.Definitions(
         assets=assets,
         jobs=jobs,
         schedules=schedules,
         resources={"candle_store": CandleStoreResource(root=store_root)},
     )
-

@@ -1,0 +1,1 @@
+"""Backtest, metrics and leaderboard assets, built from ``config/backtests.yaml``."""

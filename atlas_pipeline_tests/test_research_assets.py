@@ -1,0 +1,134 @@
+"""Backtest -> metrics -> leaderboard in a real Dagster instance, and reruns on new candles."""
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from atlas_pipeline.defs.definitions import build_definitions
+from atlas_pipeline.defs.research.assets import LEADERBOARD_KEY, backtest_asset_key, metrics_asset_key
+from atlas_pipeline.market_data.emulator import FileCandleSource
+from atlas_pipeline.research.result_store import ResultStore
+from atlas_pipeline_tests.support import SHARED_CANDLES, needs_shared_candles, run_range, write_exchange_config
+
+pytestmark = needs_shared_candles
+
+D = dt.date
+OHLCV = dg.AssetKey(["ohlcv", "binance", "5m"])
+SMA = "sma_5m"
+
+
+def write_backtests(config_dir: Path, backtests: dict) -> None:
+    (config_dir / "backtests.yaml").write_text(yaml.safe_dump({"backtests": backtests}))
+
+
+SMA_SETTINGS = {
+    "strategy": "sma_crossover",
+    "exchange": "binance",
+    "timeframe": "5m",
+    "symbols": ["ETH/BTC", "ADA/BTC"],
+    "period": {"start": "2018-01-10", "end": "2018-01-30"},
+    "cash": 1000,
+    "sizing": {"fraction": 0.5},
+}
+
+
+@pytest.fixture
+def setup(tmp_path: Path, emulator_factory):
+    """Candles of two markets materialized through the OHLCV asset, and a config with one backtest."""
+    server = emulator_factory(FileCandleSource(SHARED_CANDLES))
+    config_dir = write_exchange_config(tmp_path / "config", server.base_url)
+    write_backtests(config_dir, {SMA: SMA_SETTINGS})
+    store_root = tmp_path / "store"
+    with dg.instance_for_test() as instance:
+        for symbol in ("ETH/BTC", "ADA/BTC"):
+            [run] = run_range(config_dir, store_root, instance, [symbol], D(2018, 1, 10), D(2018, 1, 30))
+            assert run.success, run.failure_reason()
+        yield config_dir, store_root, instance
+
+
+def materialize_research(defs: dg.Definitions, instance, name: str, partition: str) -> dg.ExecuteInProcessResult:
+    assets = [defs.resolve_assets_def(backtest_asset_key(name)), defs.resolve_assets_def(metrics_asset_key(name))]
+    return dg.materialize(assets, instance=instance, partition_key=partition, raise_on_error=False)
+
+
+def test_lineage_backtest_depends_on_every_day_of_its_market(setup) -> None:
+    config_dir, store_root, _ = setup
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    graph = defs.resolve_asset_graph()
+    assert OHLCV in graph.get(backtest_asset_key(SMA)).parent_keys
+    assert backtest_asset_key(SMA) in graph.get(metrics_asset_key(SMA)).parent_keys
+    assert metrics_asset_key(SMA) in graph.get(LEADERBOARD_KEY).parent_keys
+    mapping = defs.resolve_assets_def(backtest_asset_key(SMA)).get_partition_mapping(OHLCV)
+    assert isinstance(mapping, dg.MultiToSingleDimensionPartitionMapping)
+
+
+def test_materializing_backtest_metrics_and_leaderboard(setup) -> None:
+    config_dir, store_root, instance = setup
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    for partition in ("ETH-BTC", "ADA-BTC"):
+        result = materialize_research(defs, instance, SMA, partition)
+        assert result.success
+
+    results = ResultStore(str(store_root))
+    stored = results.load_result(SMA, "ETH/BTC")
+    assert len(stored.trades) > 0 and stored.bars > 0
+    assert stored.equity.index[0] >= stored.close.index[0]
+
+    [record] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=metrics_asset_key(SMA), asset_partitions=["ETH-BTC"]), limit=1
+    ).records
+    metadata = record.asset_materialization.metadata
+    metrics = results.load_metrics(SMA, "ETH/BTC")
+    assert metadata["sharpe"].value == pytest.approx(metrics["sharpe"], nan_ok=True)
+    assert metadata["trade_count"].value == len(stored.trades)
+    assert "data:image/png;base64," in metadata["equity_drawdown_chart"].value
+    assert "data:image/png;base64," in metadata["trades_chart"].value
+    assert Path(metadata["equity_drawdown_png"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    board = dg.materialize([defs.resolve_assets_def(LEADERBOARD_KEY)], instance=instance)
+    assert board.success
+    [event] = board.get_asset_materialization_events()
+    assert event.materialization.metadata["entries"].value == 2
+    assert "ETH/BTC" in event.materialization.metadata["leaderboard"].value
+
+
+def test_new_candles_rerun_exactly_the_affected_backtest_partitions(setup) -> None:
+    config_dir, store_root, instance = setup
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    for partition in ("ETH-BTC", "ADA-BTC"):
+        assert materialize_research(defs, instance, SMA, partition).success
+    assert dg.materialize([defs.resolve_assets_def(LEADERBOARD_KEY)], instance=instance).success
+
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert quiet.get_requested_partitions(backtest_asset_key(SMA)) == set()
+
+    # one day of ETH/BTC candles is re-materialized
+    [run] = run_range(config_dir, store_root, instance, ["ETH/BTC"], D(2018, 1, 20), D(2018, 1, 21), full_refresh=True)
+    assert run.success
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    assert after.get_requested_partitions(backtest_asset_key(SMA)) == {"ETH-BTC"}
+
+    # and nothing more on the next tick
+    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
+    assert again.get_requested_partitions(backtest_asset_key(SMA)) == set()
+
+
+def test_bad_strategy_fails_its_backtest_with_the_traceback_and_others_still_run(setup, tmp_path: Path) -> None:
+    config_dir, store_root, instance = setup
+    write_backtests(
+        config_dir,
+        {SMA: SMA_SETTINGS, "broken": {**SMA_SETTINGS, "strategy": "no_such_strategy"},
+         "bad_param": {**SMA_SETTINGS, "params": {"no_such_param": 3}}},
+    )
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    broken = materialize_research(defs, instance, "broken", "ETH-BTC")
+    assert not broken.success
+    failure = next(e for e in broken.all_events if e.is_step_failure)
+    assert "no_such_strategy" in failure.step_failure_data.error.message
+    bad_param = materialize_research(defs, instance, "bad_param", "ETH-BTC")
+    assert not bad_param.success
+    assert "no_such_param" in next(e for e in bad_param.all_events if e.is_step_failure).step_failure_data.error.message
+    assert materialize_research(defs, instance, SMA, "ETH-BTC").success
