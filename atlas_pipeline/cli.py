@@ -127,29 +127,32 @@ def _backtest_settings(name: str):
 
 
 def cmd_backtest(args: argparse.Namespace) -> None:
+    """Materialize backtest/<name> and metrics/<name> (and the leaderboard) in-process, print metrics."""
+    from atlas_pipeline.defs.definitions import build_definitions
+    from atlas_pipeline.defs.research.launch import materialize_backtests
     from atlas_pipeline.market_data.store import CandleStore
-    from atlas_pipeline.research.engine import StrategyError
     from atlas_pipeline.research.metrics import metrics_table_markdown
     from atlas_pipeline.research.result_store import ResultStore
-    from atlas_pipeline.research_runs import compute_backtest_metrics, run_backtest
 
     settings = _backtest_settings(args.name)
     symbols = args.symbol or settings.symbols
     for symbol in symbols:
         if symbol not in settings.symbols:
             raise UsageError(f"backtest {args.name!r} does not cover {symbol!r} (symbols: {settings.symbols})")
-    store = CandleStore()
-    results = ResultStore(store.root)
-    for symbol in symbols:
-        print(f"atlas backtest: {args.name} {symbol} ...", file=sys.stderr)
-        try:
-            run = run_backtest(settings, symbol, store, results)
-        except (StrategyError, ValueError, FileNotFoundError) as error:
-            raise CommandFailed(f"{args.name} {symbol}: {error}") from None
-        outcome = compute_backtest_metrics(settings, symbol, results)
-        print(f"\n## {args.name} {symbol} ({run.result.bars:,} bars after {run.result.warmup_bars} warm-up)\n")
-        print(metrics_table_markdown(outcome.metrics))
-        print(f"\nresults: {results.url(run.folder)}")
+    instance = dagster_instance()
+    print(f"atlas backtest: {args.name} on {', '.join(symbols)}; Dagster instance {os.environ['DAGSTER_HOME']}", file=sys.stderr)
+    runs = materialize_backtests(build_definitions(), instance, [settings], symbols)
+    results = ResultStore(CandleStore().root)
+    for symbol, run in zip(symbols, runs):
+        if not run.success:
+            continue
+        result = results.load_result(args.name, symbol)
+        print(f"\n## {args.name} {symbol} ({result.bars:,} bars after {result.warmup_bars} warm-up)\n")
+        print(metrics_table_markdown(results.load_metrics(args.name, symbol) or {}))
+        print(f"\nresults: {results.url(results.folder(args.name, symbol))}")
+    failed = [run for run in runs if not run.success]
+    if failed:
+        raise CommandFailed(f"{failed[0].label}: {failed[0].failure_reason()}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -99,8 +99,9 @@ def run_demo(days: int = 90) -> None:
     backtests = list(load_backtests_config(load_exchanges_config(config_dir), config_dir).backtests.values())
     print(f"atlas demo: backtests {', '.join(b.name for b in backtests)}", file=sys.stderr)
     research_runs = materialize_backtests(defs, instance, backtests)
-    if not all(run.success for run in research_runs):
-        raise CommandFailed("a backtest failed; see its run in the Dagster UI")
+    failed_research = [run for run in research_runs if not run.success]
+    if failed_research:
+        raise CommandFailed(f"{failed_research[0].label}: {failed_research[0].failure_reason()}")
     results = ResultStore(store.root)
     reports = [write_backtest_report(b, results, Path(store.root) / "reports" / f"{b.name}.html") for b in backtests]
 

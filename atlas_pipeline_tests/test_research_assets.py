@@ -7,7 +7,10 @@ import dagster as dg
 import pytest
 import yaml
 
+from atlas_pipeline.config import load_exchanges_config
+from atlas_pipeline.config.backtests import load_backtests_config
 from atlas_pipeline.defs.definitions import build_definitions
+from atlas_pipeline.defs.research.launch import materialize_backtests
 from atlas_pipeline.defs.research.assets import LEADERBOARD_KEY, backtest_asset_key, metrics_asset_key
 from atlas_pipeline.market_data.emulator import FileCandleSource
 from atlas_pipeline.research.result_store import ResultStore
@@ -132,3 +135,38 @@ def test_bad_strategy_fails_its_backtest_with_the_traceback_and_others_still_run
     assert not bad_param.success
     assert "no_such_param" in next(e for e in bad_param.all_events if e.is_step_failure).step_failure_data.error.message
     assert materialize_research(defs, instance, SMA, "ETH-BTC").success
+
+
+def test_a_subset_backtest_keeps_only_its_markets_current(setup) -> None:
+    config_dir, store_root, instance = setup
+    write_backtests(config_dir, {SMA: {**SMA_SETTINGS, "symbols": ["ETH/BTC"]}})
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    # Dagster's lineage mapping needs the candles' whole market dimension as partitions
+    assert defs.resolve_assets_def(backtest_asset_key(SMA)).partitions_def.get_partition_keys() == ["ETH-BTC", "ADA-BTC"]
+    backtests = list(load_backtests_config(load_exchanges_config(config_dir), config_dir).backtests.values())
+    runs = materialize_backtests(defs, instance, backtests)
+    assert [run.label for run in runs] == [f"{SMA} ETH/BTC", "leaderboard"] and all(run.success for run in runs)
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+
+    for symbol in ("ETH/BTC", "ADA/BTC"):
+        [run] = run_range(config_dir, store_root, instance, [symbol], D(2018, 1, 20), D(2018, 1, 21), full_refresh=True)
+        assert run.success
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    assert after.get_requested_partitions(backtest_asset_key(SMA)) == {"ETH-BTC"}  # ADA-BTC was never run
+
+
+def test_strategy_raising_fails_with_its_traceback(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_dir, store_root, instance = setup
+    strategies = tmp_path / "strategies"
+    strategies.mkdir()
+    (strategies / "explodes.py").write_text(
+        "import backtrader as bt\n\n\nclass Explodes(bt.Strategy):\n    def next(self):\n"
+        "        raise RuntimeError('boom at bar')\n"
+    )
+    monkeypatch.setenv("ATLAS_STRATEGIES", str(strategies))
+    write_backtests(config_dir, {"explodes": {**SMA_SETTINGS, "strategy": "explodes"}})
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    result = materialize_research(defs, instance, "explodes", "ETH-BTC")
+    assert not result.success
+    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "explodes" in message and "boom at bar" in message and "explodes.py" in message, message

@@ -1,7 +1,8 @@
 """Typed settings for ``config/backtests.yaml``: which strategies run on which candles.
 
 Structure and references (exchange, timeframe, markets must be collected in ``exchanges.yaml``)
-are checked at load time, naming the backtest, key and value. Whether the strategy exists and
+are checked at load time, naming the backtest, key and value. ``symbols`` defaults to every market
+of the exchange entry. Whether the strategy exists and
 accepts its params is checked when that backtest runs, so one broken strategy file fails only its
 own backtest and the others still run.
 """
@@ -64,6 +65,7 @@ class BacktestSettings(BaseModel):
     exchange: str
     timeframe: str
     symbols: list[str] = Field(min_length=1)
+    """The markets this backtest is run and kept current on (default: all of the exchange entry's)."""
     period: Period
     cash: float = Field(default=10_000.0, gt=0)
     sizing: Sizing = Field(default_factory=Sizing)
@@ -124,6 +126,9 @@ def load_backtests_config(exchanges: ExchangesConfig, directory: Path | str | No
     parsed: dict[str, BacktestSettings] = {}
     for name, settings in read_section(path, "backtests").items():
         key = f"backtests.{name}"
+        source = exchanges.exchanges.get(settings.get("exchange"))
+        if "symbols" not in settings and source is not None:
+            settings = {**settings, "symbols": list(source.markets)}
         try:
             backtest = BacktestSettings(name=str(name), **settings)
         except ValidationError as error:

@@ -27,7 +27,7 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         jobs.append(job)
         schedules.extend(ohlcv_schedules(settings, job))
     for backtest in backtests.backtests.values():
-        assets.extend(build_backtest_assets(backtest))
+        assets.extend(build_backtest_assets(backtest, exchanges.get(backtest.exchange)))
     if backtests.backtests:
         assets.append(build_leaderboard_asset(list(backtests.backtests.values())))
     return dg.Definitions(

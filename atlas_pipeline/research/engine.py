@@ -308,7 +308,10 @@ def run_backtest_from_store(
     """``run_backtest`` on the stored candles with open time in ``[start, end)``."""
     candles = store.read(exchange, symbol, timeframe, start, end)
     if candles.empty:
-        raise ValueError(f"no stored {exchange} {symbol} {timeframe} candles in [{start}, {end})")
+        raise ValueError(
+            f"no stored {exchange} {symbol} {timeframe} candles from {start} to {end or 'the newest'}: "
+            f"materialize ohlcv/{exchange}/{timeframe} for {symbol} first (UI, or `atlas fetch`)"
+        )
     return run_backtest(candles, spec, timeframe, strategies_dir)
 
 

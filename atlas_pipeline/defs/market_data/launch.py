@@ -13,6 +13,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL
+from atlas_pipeline.defs.run_results import failure_reason
 from atlas_pipeline.market_data.candles import symbol_key
 
 
@@ -27,15 +28,7 @@ class RangeRun:
         return self.result.success
 
     def failure_reason(self) -> str:
-        """The first failure's message, on one line."""
-        for event in self.result.all_events:
-            if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-                error = event.step_failure_data.error
-                message = error.message.strip()
-                if error.cause is not None and "Error occurred while executing" in message:
-                    message = error.cause.message.strip()
-                return " ".join(message.split())
-        return "run failed (see the run's logs in the Dagster UI)"
+        return failure_reason(self.result)
 
 
 def partition_range_tags(symbol: str, start: dt.date, last_day: dt.date) -> dict[str, str]:

@@ -10,11 +10,11 @@ import warnings
 import dagster as dg
 
 from atlas_pipeline.config.backtests import BacktestSettings
+from atlas_pipeline.config.exchanges import ExchangeSettings
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
-from atlas_pipeline.defs.market_data.partitions import SYMBOL
+from atlas_pipeline.defs.market_data.partitions import SYMBOL, ohlcv_partitions, symbols_by_key
 from atlas_pipeline.defs.research.automation import rerun_when_upstream_updated
 from atlas_pipeline.defs.resources import CandleStoreResource
-from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.research.charts import png_markdown
 from atlas_pipeline.research.engine import StrategyError
 from atlas_pipeline.research.metrics import metrics_table_markdown
@@ -33,20 +33,22 @@ def metrics_asset_key(name: str) -> dg.AssetKey:
     return dg.AssetKey(["metrics", name])
 
 
-def symbol_partitions(settings: BacktestSettings) -> dg.StaticPartitionsDefinition:
-    return dg.StaticPartitionsDefinition([symbol_key(s) for s in settings.symbols])
+def build_backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> list[dg.AssetsDefinition]:
+    """``backtest/<name>`` and ``metrics/<name>``, partitioned like the candles' market dimension.
 
-
-def build_backtest_assets(settings: BacktestSettings) -> list[dg.AssetsDefinition]:
+    ``MultiToSingleDimensionPartitionMapping`` needs the downstream partitions to be exactly that
+    dimension, so every market of the exchange entry is a partition; ``symbols`` says which ones
+    Atlas runs (demo, CLI, report, leaderboard). Any other can still be materialized by hand.
+    """
     with warnings.catch_warnings():
         # MultiToSingleDimensionPartitionMapping is the settled lineage design (DESIGN.md section 6).
         warnings.simplefilter("ignore", dg.BetaWarning)
-        return _backtest_assets(settings)
+        return _backtest_assets(settings, source)
 
 
-def _backtest_assets(settings: BacktestSettings) -> list[dg.AssetsDefinition]:
-    partitions = symbol_partitions(settings)
-    symbols = {symbol_key(s): s for s in settings.symbols}
+def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> list[dg.AssetsDefinition]:
+    partitions = ohlcv_partitions(source).get_partitions_def_for_dimension(SYMBOL)
+    symbols = symbols_by_key(source)
     candles = ohlcv_asset_key(settings.exchange, settings.timeframe)
 
     @dg.asset(

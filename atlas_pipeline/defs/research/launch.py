@@ -4,21 +4,47 @@ Used by the demo so its results show up in the Dagster UI with their lineage, ex
 been materialized there.
 """
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import dagster as dg
 
 from atlas_pipeline.config.backtests import BacktestSettings
+from atlas_pipeline.defs.run_results import failure_reason
 from atlas_pipeline.defs.research.assets import LEADERBOARD_KEY, backtest_asset_key, metrics_asset_key
 from atlas_pipeline.market_data.candles import symbol_key
 
 
+@dataclass(frozen=True)
+class ResearchRun:
+    label: str
+    result: dg.ExecuteInProcessResult
+
+    @property
+    def success(self) -> bool:
+        return self.result.success
+
+    def failure_reason(self) -> str:
+        return failure_reason(self.result)
+
+
 def materialize_backtests(
-    defs: dg.Definitions, instance: dg.DagsterInstance, backtests: list[BacktestSettings]
-) -> list[dg.ExecuteInProcessResult]:
-    """One run per (backtest, market), then one for the leaderboard; failures do not stop the rest."""
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    backtests: list[BacktestSettings],
+    symbols: Sequence[str] | None = None,
+) -> list[ResearchRun]:
+    """One run per (backtest, market) of ``symbols`` (default: each backtest's), then the leaderboard.
+
+    A failing backtest does not stop the others.
+    """
     runs = []
     for settings in backtests:
-        assets = [defs.resolve_assets_def(backtest_asset_key(settings.name)), defs.resolve_assets_def(metrics_asset_key(settings.name))]
-        for symbol in settings.symbols:
-            runs.append(dg.materialize(assets, instance=instance, partition_key=symbol_key(symbol), raise_on_error=False))
-    runs.append(dg.materialize([defs.resolve_assets_def(LEADERBOARD_KEY)], instance=instance, raise_on_error=False))
+        keys = (backtest_asset_key(settings.name), metrics_asset_key(settings.name))
+        assets = [defs.resolve_assets_def(key) for key in keys]
+        for symbol in symbols or settings.symbols:
+            result = dg.materialize(assets, instance=instance, partition_key=symbol_key(symbol), raise_on_error=False)
+            runs.append(ResearchRun(f"{settings.name} {symbol}", result))
+    board = dg.materialize([defs.resolve_assets_def(LEADERBOARD_KEY)], instance=instance, raise_on_error=False)
+    runs.append(ResearchRun("leaderboard", board))
     return runs

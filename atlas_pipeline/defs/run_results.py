@@ -1,0 +1,15 @@
+"""Reading in-process run results the way a user needs them: one line saying what failed."""
+
+import dagster as dg
+
+
+def failure_reason(result: dg.ExecuteInProcessResult) -> str:
+    """The first step failure's message on one line (the user's error, not Dagster's wrapper)."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            message = error.message.strip()
+            if error.cause is not None and "Error occurred while executing" in message:
+                message = error.cause.message.strip()
+            return " ".join(message.split())
+    return "run failed (see the run's logs in the Dagster UI)"
