@@ -90,10 +90,10 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     )
     for run in runs:
         status = "ok" if run.success else "FAILED"
-        print(f"{run.symbol}: run {run.result.run_id} {status}", file=sys.stderr)
+        print(f"{run.label}: run {run.result.run_id} {status}", file=sys.stderr)
     failed = [run for run in runs if not run.success]
     if failed:
-        raise CommandFailed(f"{failed[0].symbol}: {failed[0].failure_reason()}")
+        raise CommandFailed(f"{failed[0].label}: {failed[0].failure_reason()}")
 
 
 def cmd_emulator(args: argparse.Namespace) -> None:

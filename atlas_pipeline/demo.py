@@ -94,7 +94,7 @@ def run_demo(days: int = 90) -> None:
         runs = materialize_ohlcv_range(defs, instance, "binance", DEMO_TIMEFRAMES, DEMO_MARKETS, start, end)
     failed = [run for run in runs if not run.success]
     if failed:
-        raise CommandFailed(f"{failed[0].symbol}: {failed[0].failure_reason()}")
+        raise CommandFailed(f"{failed[0].label}: {failed[0].failure_reason()}")
 
     backtests = list(load_backtests_config(load_exchanges_config(config_dir), config_dir).backtests.values())
     print(f"atlas demo: backtests {', '.join(b.name for b in backtests)}", file=sys.stderr)

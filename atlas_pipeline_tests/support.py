@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from atlas_pipeline.defs.market_data.launch import RangeRun, materialize_ohlcv_range
+from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
+from atlas_pipeline.defs.run_results import LaunchedRun
 from atlas_pipeline.defs.definitions import build_definitions
 from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, DAY_MS, day_start_ms, timeframe_ms
 
@@ -68,7 +69,7 @@ def run_range(
     end: dt.date,
     timeframes: tuple[str, ...] = ("5m",),
     full_refresh: bool = False,
-) -> list[RangeRun]:
+) -> list[LaunchedRun]:
     defs = build_definitions(config_dir, store_root=str(store_root))
     return materialize_ohlcv_range(
         defs, instance, "binance", list(timeframes), symbols, start, end, full_refresh=full_refresh

@@ -1,6 +1,23 @@
 """Reading in-process run results the way a user needs them: one line saying what failed."""
 
+from dataclasses import dataclass
+
 import dagster as dg
+
+
+@dataclass(frozen=True)
+class LaunchedRun:
+    """An in-process run and what it was for (a market, a backtest and market, ...)."""
+
+    label: str
+    result: dg.ExecuteInProcessResult
+
+    @property
+    def success(self) -> bool:
+        return self.result.success
+
+    def failure_reason(self) -> str:
+        return failure_reason(self.result)
 
 
 def failure_reason(result: dg.ExecuteInProcessResult) -> str:

@@ -6,29 +6,14 @@ one run per market covering its whole date range, recorded in the given Dagster 
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL
-from atlas_pipeline.defs.run_results import failure_reason
+from atlas_pipeline.defs.run_results import LaunchedRun
 from atlas_pipeline.market_data.candles import symbol_key
-
-
-@dataclass(frozen=True)
-class RangeRun:
-    symbol: str
-    timeframes: tuple[str, ...]
-    result: dg.ExecuteInProcessResult
-
-    @property
-    def success(self) -> bool:
-        return self.result.success
-
-    def failure_reason(self) -> str:
-        return failure_reason(self.result)
 
 
 def partition_range_tags(symbol: str, start: dt.date, last_day: dt.date) -> dict[str, str]:
@@ -50,7 +35,7 @@ def materialize_ohlcv_range(
     *,
     full_refresh: bool = False,
     log_level: str = "INFO",
-) -> list[RangeRun]:
+) -> list[LaunchedRun]:
     """One in-process run per market over days ``[start, end)``; stops at the first failure.
 
     ``log_level`` is the console logger's: INFO shows progress; WARNING keeps a benchmark quiet.
@@ -63,7 +48,7 @@ def materialize_ohlcv_range(
         "ops": {_op_name(key): {"config": {"full_refresh": full_refresh}} for key in keys},
         "loggers": {"console": {"config": {"log_level": log_level}}},  # INFO: progress, not every event
     }
-    runs: list[RangeRun] = []
+    runs: list[LaunchedRun] = []
     for symbol in symbols:
         result = job.execute_in_process(
             instance=instance,
@@ -72,7 +57,7 @@ def materialize_ohlcv_range(
             tags=partition_range_tags(symbol, start, end - dt.timedelta(days=1)),
             raise_on_error=False,
         )
-        runs.append(RangeRun(symbol, tuple(timeframes), result))
+        runs.append(LaunchedRun(symbol, result))
         if not result.success:
             break
     return runs

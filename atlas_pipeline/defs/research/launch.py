@@ -5,27 +5,13 @@ been materialized there.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import dagster as dg
 
 from atlas_pipeline.config.backtests import BacktestSettings
-from atlas_pipeline.defs.run_results import failure_reason
+from atlas_pipeline.defs.run_results import LaunchedRun
 from atlas_pipeline.defs.research.assets import LEADERBOARD_KEY, backtest_asset_key, metrics_asset_key
 from atlas_pipeline.market_data.candles import symbol_key
-
-
-@dataclass(frozen=True)
-class ResearchRun:
-    label: str
-    result: dg.ExecuteInProcessResult
-
-    @property
-    def success(self) -> bool:
-        return self.result.success
-
-    def failure_reason(self) -> str:
-        return failure_reason(self.result)
 
 
 def materialize_backtests(
@@ -33,7 +19,7 @@ def materialize_backtests(
     instance: dg.DagsterInstance,
     backtests: list[BacktestSettings],
     symbols: Sequence[str] | None = None,
-) -> list[ResearchRun]:
+) -> list[LaunchedRun]:
     """One run per (backtest, market) of ``symbols`` (default: each backtest's), then the leaderboard.
 
     A failing backtest does not stop the others.
@@ -44,7 +30,7 @@ def materialize_backtests(
         assets = [defs.resolve_assets_def(key) for key in keys]
         for symbol in symbols or settings.symbols:
             result = dg.materialize(assets, instance=instance, partition_key=symbol_key(symbol), raise_on_error=False)
-            runs.append(ResearchRun(f"{settings.name} {symbol}", result))
+            runs.append(LaunchedRun(f"{settings.name} {symbol}", result))
     board = dg.materialize([defs.resolve_assets_def(LEADERBOARD_KEY)], instance=instance, raise_on_error=False)
-    runs.append(ResearchRun("leaderboard", board))
+    runs.append(LaunchedRun("leaderboard", board))
     return runs
