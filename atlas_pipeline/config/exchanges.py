@@ -46,6 +46,8 @@ class ExchangeSettings(BaseModel):
     max_retries: int = Field(default=5, ge=0)
     api_key_env: str | None = None
     api_secret_env: str | None = None
+    metadata_top_n: int = Field(default=20, ge=1)
+    """How many markets the ``exchange_metadata/<exchange>`` asset ranks by 24h quote volume."""
 
     @field_validator("id")
     @classmethod

@@ -8,26 +8,31 @@ import dagster as dg
 
 from atlas_pipeline.config import load_exchanges_config
 from atlas_pipeline.config.backtests import load_backtests_config
+from atlas_pipeline.config.paths import config_dir as default_config_dir
+from atlas_pipeline.defs.exchange_metadata import build_exchange_metadata_assets
 from atlas_pipeline.defs.market_data.assets import build_ohlcv_asset
 from atlas_pipeline.defs.market_data.schedules import ohlcv_job, ohlcv_schedules
 from atlas_pipeline.defs.research.assets import build_backtest_assets, build_leaderboard_asset
 from atlas_pipeline.defs.resources import CandleStoreResource
+from atlas_pipeline.market_data.exchange_metadata import metadata_path
 
 
 def build_definitions(config_dir: Path | str | None = None, store_root: str | None = None) -> dg.Definitions:
     """Assets, jobs and schedules for the config in ``config_dir`` (default: ``ATLAS_CONFIG``)."""
     exchanges = load_exchanges_config(config_dir)
     backtests = load_backtests_config(exchanges, config_dir)
+    metadata_file = metadata_path(config_dir or default_config_dir())
     assets: list[dg.AssetsDefinition] = []
     jobs: list[dg.UnresolvedAssetJobDefinition] = []
     schedules: list[dg.ScheduleDefinition] = []
     for settings in exchanges.exchanges.values():
-        assets.extend(build_ohlcv_asset(settings, timeframe) for timeframe in settings.timeframes)
+        assets.extend(build_ohlcv_asset(settings, timeframe, metadata_file) for timeframe in settings.timeframes)
         job = ohlcv_job(settings)
         jobs.append(job)
         schedules.extend(ohlcv_schedules(settings, job))
     for backtest in backtests.backtests.values():
         assets.extend(build_backtest_assets(backtest, exchanges.get(backtest.exchange)))
+    assets.extend(build_exchange_metadata_assets(list(exchanges.exchanges.values()), metadata_file))
     if backtests.backtests:
         assets.append(build_leaderboard_asset(list(backtests.backtests.values())))
     return dg.Definitions(

@@ -141,6 +141,11 @@ class ExchangeClient:
                 f"({len(markets)} markets listed; check config/exchanges.yaml)"
             )
 
+    def fetch_tickers(self) -> dict[str, Any]:
+        """Every market's 24-hour ticker (ccxt's ``fetch_tickers``), with the usual retries."""
+        self.load_markets()
+        return self._call("tickers", self.exchange.fetch_tickers)
+
     def first_candle(self, symbol: str, timeframe: str) -> int | None:
         """Open time of the market's first candle, or None if it has none yet.
 

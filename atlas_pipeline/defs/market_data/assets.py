@@ -4,6 +4,11 @@ A backfill runs once per market over its whole date range (``BackfillPolicy.sing
 asset reads the rectangle of partition keys, lets ``ingest_days`` fetch each market's range in
 as few requests as possible, and records per-day metadata on each partition. The candle store,
 not an IO manager, writes the data (IO managers cannot store multi-partition range outputs).
+
+Active universe: a market that ``config/exchange_metadata.yaml`` (written by
+``exchange_metadata/<exchange>``) flags as no longer listed or inactive is skipped with a logged
+reason: no request, no failure, and its stored candles stay as they are. The partitions stay in
+the asset (removing them would hide the history), and the run still succeeds.
 """
 
 
@@ -11,6 +16,7 @@ import datetime as dt
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -21,6 +27,7 @@ from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL, ohlcv_parti
 from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
+from atlas_pipeline.market_data.exchange_metadata import flagged_markets
 from atlas_pipeline.market_data.ingest import IngestReport, ingest_days
 
 MARKET_DATA_GROUP = "market_data"
@@ -49,18 +56,25 @@ def exchange_connection(settings: ExchangeSettings) -> ExchangeConnection:
     )
 
 
-def build_ohlcv_asset(settings: ExchangeSettings, timeframe: str) -> dg.AssetsDefinition:
+def build_ohlcv_asset(
+    settings: ExchangeSettings, timeframe: str, metadata_file: Path | None = None
+) -> dg.AssetsDefinition:
+    """``metadata_file``: the ``exchange_metadata.yaml`` whose flagged markets runs skip (None: none)."""
     key = ohlcv_asset_key(settings.id, timeframe)
     symbols = symbols_by_key(settings)
 
     with warnings.catch_warnings():
         # single_run() is the settled backfill design (DESIGN.md section 3); its beta label is noise.
         warnings.simplefilter("ignore", dg.BetaWarning)
-        return _ohlcv_asset(settings, timeframe, key, symbols)
+        return _ohlcv_asset(settings, timeframe, key, symbols, metadata_file)
 
 
 def _ohlcv_asset(
-    settings: ExchangeSettings, timeframe: str, key: dg.AssetKey, symbols: dict[str, str]
+    settings: ExchangeSettings,
+    timeframe: str,
+    key: dg.AssetKey,
+    symbols: dict[str, str],
+    metadata_file: Path | None,
 ) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
@@ -83,8 +97,17 @@ def _ohlcv_asset(
         store = candle_store.get_store()
         client = ExchangeClient(exchange_connection(settings), log=context.log)
         reports: list[IngestReport] = []
+        flagged = flagged_markets(settings.id, settings.markets, metadata_file) if metadata_file else {}
+        skipped: list[str] = []
         for symbol_partition, days in days_by_symbol.items():
             symbol = symbols[symbol_partition]
+            if symbol in flagged:
+                context.log.warning(
+                    f"{settings.id} {symbol} {timeframe}: skipped, not in the active universe: {flagged[symbol]} "
+                    "(per exchange_metadata.yaml; stored candles are kept)"
+                )
+                skipped.append(symbol)
+                continue
             context.log.info(f"{settings.id} {symbol} {timeframe}: {len(days)} days, {days[0]}..{days[-1]}")
             report = ingest_days(client, store, symbol, timeframe, days, full_refresh=config.full_refresh, log=context.log)
             reports.append(report)
@@ -101,7 +124,7 @@ def _ohlcv_asset(
                 allow_retries=False,
             )
         _add_partition_metadata(context, reports)
-        yield dg.MaterializeResult(metadata=_run_metadata(reports))
+        yield dg.MaterializeResult(metadata={**_run_metadata(reports), "skipped_markets": ", ".join(skipped)})
 
     return ohlcv
 

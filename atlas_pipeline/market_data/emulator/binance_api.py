@@ -11,21 +11,31 @@ Binance behaviour reproduced (as documented, and as ccxt 4.5.90 relies on):
 - errors are HTTP 400 with ``{"code": -11xx, "msg": ...}``: -1121 unknown symbol (ccxt
   ``BadSymbol``), -1120 bad interval, -1130 bad limit, -1100/-1102 malformed/missing parameters
   (ccxt ``BadRequest``).
+- ``GET /api/v3/ticker/24hr`` (what ccxt's ``fetch_tickers()`` calls on spot): without
+  ``symbol`` a list of every listed market's 24-hour statistics; with ``symbol`` one object; with
+  ``symbols=["A","B"]`` those. Computed from the source's last day of candles (the 24 hours up
+  to now, or up to the source's last candle when its data ends earlier), with the same derived
+  quote volume as the klines rows. ccxt reads a ticker as spot only when it has ``bidQty``.
+- market status: markets in ``delisted`` are listed in exchangeInfo with ``status: "BREAK"``
+  (ccxt: ``active: False``), keep their klines (Binance keeps history) and have no volume in
+  their ticker; markets in ``removed`` are not served at all (exchangeInfo omits them, klines and
+  ticker answer -1121 like for a symbol Binance never had).
 Intervals Binance has but Atlas cannot store (``3d``, ``1w``, ``1M``: not whole candles per day)
 are answered as invalid.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from atlas_pipeline.market_data.candles import empty_candles, timeframe_ms
+from atlas_pipeline.market_data.candles import DAY_MS, empty_candles, timeframe_ms
 from atlas_pipeline.market_data.emulator.sources import (
     CandleSource,
     VALUE_COLUMNS,
@@ -41,7 +51,10 @@ PATHS = {
     "/api/v3/exchangeInfo": "exchangeInfo",
     "/api/v3/ping": "ping",
     "/api/v3/time": "time",
+    "/api/v3/ticker/24hr": "ticker24hr",
 }
+# Candles the 24-hour statistics are computed from: the finest the source can serve.
+TICKER_TIMEFRAMES = ("1m", "5m", "15m", "1h")
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
 _MIN_NOTIONAL = {"USDT": "5.00000000", "USDC": "5.00000000", "FDUSD": "5.00000000", "BTC": "0.00010000", "ETH": "0.00100000", "BNB": "0.01000000"}
 
@@ -70,8 +83,9 @@ def split_symbol(symbol: str) -> tuple[str, str]:
     return base, quote
 
 
-def exchange_info(symbols: Sequence[str], server_time: int) -> dict[str, Any]:
-    """``/api/v3/exchangeInfo`` with the fields ccxt's ``parse_market`` reads, for spot markets."""
+def exchange_info(symbols: Sequence[str], server_time: int, delisted: Collection[str] = ()) -> dict[str, Any]:
+    """``/api/v3/exchangeInfo`` with the fields ccxt's ``parse_market`` reads, for spot markets;
+    ``delisted`` ones have ``status: "BREAK"`` (trading halted)."""
     return {
         "timezone": "UTC",
         "serverTime": server_time,
@@ -82,15 +96,15 @@ def exchange_info(symbols: Sequence[str], server_time: int) -> dict[str, Any]:
             {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},
         ],
         "exchangeFilters": [],
-        "symbols": [_symbol_info(symbol) for symbol in symbols],
+        "symbols": [_symbol_info(symbol, "BREAK" if symbol in delisted else "TRADING") for symbol in symbols],
     }
 
 
-def _symbol_info(symbol: str) -> dict[str, Any]:
+def _symbol_info(symbol: str, status: str = "TRADING") -> dict[str, Any]:
     base, quote = split_symbol(symbol)
     return {
         "symbol": base + quote,
-        "status": "TRADING",
+        "status": status,
         "baseAsset": base,
         "baseAssetPrecision": 8,
         "quoteAsset": quote,
@@ -219,6 +233,76 @@ def kline_rows(frame: pd.DataFrame, tf_ms: int) -> list[list[Any]]:
     return rows
 
 
+def ticker_24hr(source: CandleSource, symbol: str, now: int, trading: bool = True) -> dict[str, Any]:
+    """Binance's spot 24-hour statistics of ``symbol`` from the source's last day of candles.
+
+    The day is the 24 hours up to ``now``, or up to the last candle's close when the source ends
+    earlier (a file of old candles still ranks by its last day). Volume and quote volume are the
+    sums of the klines rows' (so ccxt's ``quoteVolume`` equals what those rows add up to); a
+    market that is not ``trading`` (delisted) has no trades: zero volume, unchanged price.
+    """
+    frame, tf = _last_day(source, symbol, now)
+    rows = kline_rows(frame, tf)
+    close_time = min(now, int(rows[-1][6])) if rows else now
+    o = h = l = c = volume = quote = "0"
+    count = 0
+    if rows:
+        o, c = rows[0][1], rows[-1][4]
+        h = _num(max(float(r[2]) for r in rows))
+        l = _num(min(float(r[3]) for r in rows))
+        volume = _num(float(np.round(sum(float(r[5]) for r in rows), 8)))
+        quote = _num(float(np.round(sum(float(r[7]) for r in rows), 8)))
+        count = sum(int(r[8]) for r in rows)
+    if not trading:
+        o = h = l = c
+        volume = quote = "0"
+        count = 0
+    change = float(c) - float(o)
+    percent = 0.0 if float(o) == 0 else 100 * change / float(o)
+    weighted = float(quote) / float(volume) if float(volume) > 0 else float(c)
+    return {
+        "symbol": market_id(symbol),
+        "priceChange": _num(float(np.round(change, 8))),
+        "priceChangePercent": f"{percent:.3f}",
+        "weightedAvgPrice": _num(float(np.round(weighted, 8))),
+        "prevClosePrice": o,
+        "lastPrice": c,
+        "lastQty": "0" if count == 0 else "1",
+        "bidPrice": c,
+        "bidQty": "1",
+        "askPrice": c,
+        "askQty": "1",
+        "openPrice": o,
+        "highPrice": h,
+        "lowPrice": l,
+        "volume": volume,
+        "quoteVolume": quote,
+        "openTime": close_time - DAY_MS,
+        "closeTime": close_time,
+        "firstId": 1 if count else -1,  # Binance answers -1 for both when nothing traded
+        "lastId": count if count else -1,
+        "count": count,
+    }
+
+
+def _last_day(source: CandleSource, symbol: str, now: int) -> tuple[pd.DataFrame, int]:
+    """The source's candles of the last day up to ``now`` at its finest ticker timeframe."""
+    for timeframe in TICKER_TIMEFRAMES:
+        try:
+            source.first_candle(symbol, timeframe)
+        except UnsupportedTimeframe:
+            continue
+        tf = timeframe_ms(timeframe)
+        per_day = DAY_MS // tf
+        query = KlinesQuery(market_id(symbol), timeframe, per_day, None, None)
+        frame = select_klines(source, symbol, query, now)
+        if not frame.empty:
+            last_open = int(frame["timestamp"].iloc[-1])
+            frame = frame[frame["timestamp"] > last_open + tf - DAY_MS - 1].reset_index(drop=True)
+        return frame, tf
+    return empty_candles(), timeframe_ms("1h")
+
+
 def _num(x: float) -> str:
     text = repr(x)
     return np.format_float_positional(x, trim="-") if "e" in text else text
@@ -226,12 +310,21 @@ def _num(x: float) -> str:
 
 @dataclass
 class BinanceApi:
-    """Answers the public endpoints for one source: ``(status, JSON payload)`` per request."""
+    """Answers the public endpoints for one source: ``(status, JSON payload)`` per request.
+
+    ``delisted`` markets are listed with status BREAK; ``removed`` ones are not served at all."""
 
     source: CandleSource
+    delisted: frozenset[str] = field(default_factory=frozenset)
+    removed: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
-        self.symbols = {market_id(symbol): symbol for symbol in self.source.markets()}
+        self.delisted, self.removed = frozenset(self.delisted), frozenset(self.removed)
+        markets = self.source.markets()
+        unknown = sorted((self.delisted | self.removed) - set(markets))
+        if unknown:
+            raise ValueError(f"delisted/removed markets {unknown} are not in the source ({sorted(markets)})")
+        self.symbols = {market_id(symbol): symbol for symbol in markets if symbol not in self.removed}
 
     def answer(self, endpoint: str, params: Mapping[str, Sequence[str]], now: int) -> tuple[int, Any]:
         try:
@@ -240,12 +333,36 @@ class BinanceApi:
             if endpoint == "time":
                 return 200, {"serverTime": now}
             if endpoint == "exchangeInfo":
-                return 200, exchange_info(list(self.symbols.values()), now)
+                return 200, exchange_info(list(self.symbols.values()), now, self.delisted)
+            if endpoint == "ticker24hr":
+                return 200, self.tickers(params, now)
             if endpoint == "klines":
                 return 200, self.klines(params, now)
         except ApiError as error:
             return error.status, error.body()
         raise ValueError(f"not a Binance endpoint: {endpoint!r}")
+
+    def tickers(self, params: Mapping[str, Sequence[str]], now: int) -> dict[str, Any] | list[dict[str, Any]]:
+        """``/api/v3/ticker/24hr``: one object for ``symbol``, else a list (all, or ``symbols``)."""
+        one = (params.get("symbol") or [""])[-1]
+        many = (params.get("symbols") or [""])[-1]
+        if one:
+            return self._ticker(one, now)
+        if many:
+            try:
+                ids = json.loads(many)
+            except ValueError:
+                raise ApiError(-1100, "Illegal characters found in parameter 'symbols'.") from None
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise ApiError(-1100, "Illegal characters found in parameter 'symbols'.")
+            return [self._ticker(i, now) for i in ids]
+        return [self._ticker(i, now) for i in self.symbols]
+
+    def _ticker(self, symbol_id: str, now: int) -> dict[str, Any]:
+        symbol = self.symbols.get(symbol_id)
+        if symbol is None:
+            raise ApiError(-1121, "Invalid symbol.")
+        return ticker_24hr(self.source, symbol, now, trading=symbol not in self.delisted)
 
     def klines(self, params: Mapping[str, Sequence[str]], now: int) -> list[list[Any]]:
         query = parse_klines_query(params)

@@ -149,6 +149,8 @@ class EmulatorServer:
     serves from a background thread, ``serve_forever()`` in the foreground (the CLI);
     ``stop()`` is final. The clock ("now" for open candles and ``serverTime``) is ``clock`` if
     given, else the source's ``now()`` if it has one (synthetic), else the wall clock.
+    Markets in ``delisted`` are listed as halted (status BREAK, ccxt ``active: False``); markets
+    in ``removed`` are no longer listed at all (as after a delisting's cleanup).
     """
 
     def __init__(
@@ -158,9 +160,11 @@ class EmulatorServer:
         port: int = 0,
         faults: Iterable[FaultLike] = (),
         clock: Callable[[], int] | None = None,
+        delisted: Iterable[str] = (),
+        removed: Iterable[str] = (),
     ) -> None:
         self.source = source
-        self.api = BinanceApi(source)
+        self.api = BinanceApi(source, frozenset(delisted), frozenset(removed))
         self._clock = clock or getattr(source, "now", None) or wall_clock_ms
         self._plan = FaultPlan(faults)
         self._stats = _Stats()
