@@ -1,20 +1,27 @@
-# Atlas: Dagster webserver + daemon (`dagster dev`) over the candle store in /data.
-# Build: docker build -t atlas .   Run: docker run -p 3000:3000 -v atlas-data:/data atlas
+# Atlas: one image for the Dagster webserver (default CMD) and the daemon, on the production
+# instance (deployment/dagster.yaml: PostgreSQL storage, queued runs). docker-compose.yml runs both
+# with PostgreSQL and the data volume: `docker compose up`. See docs/deployment.md.
+#   webserver: docker run ... atlas
+#   daemon:    docker run ... atlas dagster-daemon run -w workspace.yaml
+# Both need DAGSTER_PG_USERNAME, DAGSTER_PG_PASSWORD, DAGSTER_PG_HOST, DAGSTER_PG_DB, DAGSTER_PG_PORT.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     ATLAS_HOME=/data \
-    DAGSTER_HOME=/data/dagster_home
+    ATLAS_CONFIG=/app/config \
+    ATLAS_STRATEGIES=/app/strategies \
+    DAGSTER_HOME=/opt/dagster/home
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY atlas_pipeline ./atlas_pipeline
+RUN pip install --no-cache-dir ".[postgres]"
 COPY strategies ./strategies
 COPY config ./config
 COPY workspace.yaml ./
-RUN pip install --no-cache-dir . && mkdir -p "$DAGSTER_HOME"
+COPY deployment/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 VOLUME ["/data"]
 EXPOSE 3000
-CMD ["dagster", "dev", "-h", "0.0.0.0", "-p", "3000", "-w", "workspace.yaml"]
+CMD ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "workspace.yaml"]

@@ -107,7 +107,10 @@ def sqlite_instance(folder: Path) -> dg.DagsterInstance:
 
 
 def postgres_instance(folder: Path, url: str) -> dg.DagsterInstance:
+    """A fresh instance with dagster-postgres storage at ``url`` (its tables are created if missing)."""
     folder.mkdir(parents=True)
+    if url.startswith(("postgresql://", "postgres://")):  # SQLAlchemy 2.1 maps these to psycopg 3,
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]  # dagster-postgres ships psycopg2
     overrides = {**NO_TELEMETRY, "storage": {"postgres": {"postgres_url": url}}}
     return dg.DagsterInstance.local_temp(str(folder), overrides=overrides)
 

@@ -1,0 +1,227 @@
+"""The production instance (``deployment/dagster.yaml``) on a real PostgreSQL server.
+
+The module starts its own server from the Debian ``postgresql`` binaries (``.ci/run`` installs them)
+on a free loopback port in a temporary directory, and stops it at teardown. Each test gets a fresh
+database, loads the shipped ``dagster.yaml`` verbatim with the ``DAGSTER_PG_*`` variables pointed at
+it, and runs real Dagster work on it: a single-run OHLCV backfill through ``materialize_ohlcv_range``
+against the emulator serving real Binance candles.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from atlas_pipeline import CandleStore
+from atlas_pipeline.market_data.emulator import FileCandleSource
+from atlas_pipeline_tests.support import (
+    SHARED_CANDLES,
+    assert_frames_equal,
+    between,
+    needs_shared_candles,
+    run_range,
+    shared_candles,
+    write_exchange_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOYMENT_YAML = REPO / "deployment" / "dagster.yaml"
+KEY = dg.AssetKey(["ohlcv", "binance", "5m"])
+PG_USER = "atlas"
+D = dt.date
+
+
+def _pg_bin_dir() -> Path | None:
+    """Where ``initdb`` and ``pg_ctl`` are: PATH first, then Debian's versioned directories."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).resolve().parent
+    for directory in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if (Path(directory) / "initdb").exists() and (Path(directory) / "pg_ctl").exists():
+            return Path(directory)
+    return None
+
+
+def _skip_reason() -> str | None:
+    try:
+        import dagster_postgres  # noqa: F401
+    except ImportError:
+        return "dagster_postgres is not installed (pip install -e '.[postgres]' or '.[test]')"
+    if _pg_bin_dir() is None:
+        return "PostgreSQL server binaries (initdb, pg_ctl) not found; .ci/run installs Debian's postgresql"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PostgresServer:
+    bin_dir: Path
+    root: Path
+    port: int
+    run_as: str | None  # the unprivileged user the server runs as when the tests run as root
+    _databases = itertools.count()
+
+    def command(self, *args: str) -> list[str]:
+        argv = [str(self.bin_dir / args[0]), *args[1:]]
+        return ["runuser", "-u", self.run_as, "--", *argv] if self.run_as else argv
+
+    def run(self, *args: str, timeout: float = 60) -> None:
+        done = subprocess.run(self.command(*args), capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            log = self.root / "server.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stderr or done.stdout}\n{tail}")
+
+    def url(self, db: str) -> str:
+        return f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{self.port}/{db}"
+
+    def create_database(self) -> str:
+        import sqlalchemy as sa
+
+        name = f"atlas_test_{next(self._databases)}"
+        engine = sa.create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+        engine.dispose()
+        return name
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server on 127.0.0.1:<free port>, data and socket in a temp dir, trust auth."""
+    run_as = None
+    root = Path(tempfile.mkdtemp(prefix="atlas-pg-"))  # short: the socket path must fit 107 bytes
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.fail("running as root and no 'postgres' system user to run PostgreSQL as")
+        run_as = account.pw_name
+        os.chown(root, account.pw_uid, account.pw_gid)
+    server = PostgresServer(_pg_bin_dir(), root, _free_port(), run_as)  # type: ignore[arg-type]
+    data = root / "data"
+    options = f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    started = False
+    try:
+        server.run("initdb", "-D", str(data), "-U", PG_USER, "--auth=trust", "--no-sync", "-E", "UTF8")
+        server.run("pg_ctl", "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w", "-t", "30", "start")
+        started = True
+        yield server
+    finally:
+        if started or (data / "postmaster.pid").exists():
+            server.run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def instance(postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
+    """The shipped ``deployment/dagster.yaml`` as is, on a fresh database of the test server."""
+    db = postgres.create_database()
+    monkeypatch.setenv("DAGSTER_PG_USERNAME", PG_USER)
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "unused-with-trust-auth")
+    monkeypatch.setenv("DAGSTER_PG_HOST", "127.0.0.1")
+    monkeypatch.setenv("DAGSTER_PG_DB", db)
+    monkeypatch.setenv("DAGSTER_PG_PORT", str(postgres.port))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(DEPLOYMENT_YAML, home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.pg_url = postgres.url(db)  # type: ignore[attr-defined]  # for direct queries
+        yield instance
+
+
+def _count(url: str, sql: str, **params: object) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(sql), params).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_the_shipped_instance_config_is_postgres_with_a_queued_coordinator(instance: dg.DagsterInstance) -> None:
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+
+    assert isinstance(instance.run_storage, PostgresRunStorage)
+    assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+    assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+    assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+    assert instance.run_coordinator.get_run_queue_config().max_concurrent_runs == 4
+
+    @dg.asset
+    def small() -> int:
+        return 1
+
+    result = dg.materialize([small], instance=instance)
+    assert result.success
+    assert instance.get_run_by_id(result.run_id).is_success
+    rows = _count(
+        instance.pg_url,  # type: ignore[attr-defined]
+        "SELECT count(*) FROM event_logs WHERE run_id = :run AND dagster_event_type = 'ASSET_MATERIALIZATION'",
+        run=result.run_id,
+    )
+    assert rows == 1
+
+
+@needs_shared_candles
+def test_single_run_backfill_is_recorded_in_postgres(
+    instance: dg.DagsterInstance, emulator_factory, tmp_path: Path
+) -> None:
+    emulator = emulator_factory(FileCandleSource(SHARED_CANDLES))
+    config_dir = write_exchange_config(tmp_path / "config", emulator.base_url)
+    store_root = tmp_path / "store"
+    start, end = D(2018, 1, 12), D(2018, 1, 19)
+    days = [start + dt.timedelta(days=i) for i in range((end - start).days)]
+
+    [run] = run_range(config_dir, store_root, instance, ["ETH/BTC"], start, end)
+    assert run.success, run.failure_reason()
+    run_id = run.result.run_id
+
+    # through the instance: the run and one materialization per day partition
+    assert instance.get_run_by_id(run_id).is_success
+    expected = {f"{day.isoformat()}|ETH-BTC" for day in days}
+    assert instance.get_materialized_partitions(KEY) == expected
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=KEY), limit=100).records
+    assert sorted(r.partition_key for r in records) == sorted(expected)
+
+    # and directly in PostgreSQL's event log and run tables
+    url = instance.pg_url  # type: ignore[attr-defined]
+    materializations = _count(
+        url,
+        "SELECT count(DISTINCT partition) FROM event_logs "
+        "WHERE run_id = :run AND dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = :key",
+        run=run_id,
+        key=KEY.to_string(),
+    )
+    assert materializations == len(days) == _count(
+        url, "SELECT count(*) FROM event_logs WHERE run_id = :run AND dagster_event_type = 'ASSET_MATERIALIZATION'",
+        run=run_id,
+    )
+    assert _count(url, "SELECT count(*) FROM runs WHERE run_id = :run AND status = 'SUCCESS'", run=run_id) == 1
+
+    stored = CandleStore(str(store_root)).read("binance", "ETH/BTC", "5m", start, end)
+    assert_frames_equal(stored, between(shared_candles("binance_ETH-BTC_5m"), start, end))
