@@ -1,0 +1,312 @@
+"""The UI path end to end: ``dagster dev -w workspace.yaml`` (webserver + daemon) on a free loopback
+port, driven through its GraphQL API the way the UI drives it, and the asset graph page rendered by
+headless Chromium.
+
+The tests share one ``dagster dev`` and run in file order: the range run and the backfill store the
+candles the backtests read, and the automation test reruns a backtest after its candles change.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from atlas_pipeline.market_data.emulator import EmulatorServer, FileCandleSource
+from atlas_pipeline_tests.e2e import (
+    LOCATION,
+    REPOSITORY,
+    DagsterDev,
+    artifacts_dir,
+    chromium,
+    chromium_available,
+    group_alive,
+    wait_for,
+)
+from atlas_pipeline_tests.support import SHARED_CANDLES, needs_shared_candles, write_exchange_config
+from atlas_pipeline_tests.test_research_assets import SMA as BACKTEST, SMA_SETTINGS
+
+pytestmark = needs_shared_candles
+
+OHLCV_PATH = ["ohlcv", "binance", "5m"]
+BACKTEST_PATH = ["backtest", BACKTEST]
+METRICS_PATH = ["metrics", BACKTEST]
+SYMBOLS = ("ETH-BTC", "ADA-BTC")
+RANGE_START, RANGE_END = "2018-01-10|ETH-BTC", "2018-01-20|ETH-BTC"
+BACKFILL_DAYS = [f"2018-01-{day:02d}" for day in range(10, 30)]
+AUTOMATION_SENSOR = "default_automation_condition_sensor"
+BACKTESTS = {BACKTEST: SMA_SETTINGS}  # one sma_crossover on 5m, ETH/BTC and ADA/BTC, 2018-01-10..30
+DAGSTER_YAML = {"telemetry": {"enabled": False}}
+TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
+
+LAUNCH_RUN = """
+mutation LaunchRun($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}"""
+RUN_STATUS = """
+query RunStatus($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { status tags { key value } }
+    ... on Error { message }
+  }
+}"""
+LAUNCH_BACKFILL = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}"""
+BACKFILL_STATUS = """
+query BackfillStatus($backfillId: String!) {
+  partitionBackfillOrError(backfillId: $backfillId) {
+    __typename
+    ... on PartitionBackfill { status error { message } }
+    ... on Error { message }
+  }
+}"""
+RUNS_WITH_TAG = """
+query RunsWithTag($key: String!, $value: String!) {
+  runsOrError(filter: {tags: [{key: $key, value: $value}]}) {
+    __typename
+    ... on Runs { results { runId status tags { key value } } }
+    ... on Error { message }
+  }
+}"""
+SENSOR = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on Error { message }
+  }
+}"""
+START_SENSOR = """
+mutation StartSensor($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}"""
+MATERIALIZATIONS = """
+query Materializations($key: AssetKeyInput!, $partitions: [String!]) {
+  assetOrError(assetKey: $key) {
+    __typename
+    ... on Asset { assetMaterializations(partitions: $partitions) { runId partition timestamp } }
+  }
+}"""
+LINEAGE = """
+query Lineage {
+  assetNodes { assetKey { path } dependencyKeys { path } dependedByKeys { path } }
+}"""
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory):
+    """``dagster dev`` with a temporary DAGSTER_HOME, ATLAS_HOME and ATLAS_CONFIG, reading candles
+    from an emulator in this process; every process it starts is gone after the module."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    dagster_home = tmp / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(DAGSTER_YAML))
+    emulator = EmulatorServer(FileCandleSource(SHARED_CANDLES), host="127.0.0.1").start()
+    config_dir = write_exchange_config(tmp / "config", emulator.base_url)
+    (config_dir / "backtests.yaml").write_text(yaml.safe_dump({"backtests": BACKTESTS}))
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "ATLAS_HOME": str(tmp / "atlas_home"),
+        "ATLAS_CONFIG": str(config_dir),
+    }
+    dev = DagsterDev(env, tmp / "dagster_dev.log")
+    try:
+        dev.start(timeout=120)
+        yield SimpleNamespace(dev=dev, tmp=tmp)
+    finally:
+        dev.stop()
+        emulator.stop()
+    assert not group_alive(dev.pgid), f"processes of dagster dev's group {dev.pgid} are still running"
+
+
+def selector(job: str, asset_paths: list[list[str]]) -> dict:
+    return {
+        "repositoryLocationName": LOCATION,
+        "repositoryName": REPOSITORY,
+        "jobName": job,
+        "assetSelection": [{"path": path} for path in asset_paths],
+    }
+
+
+def launch_run(dev: DagsterDev, job: str, asset_paths: list[list[str]], tags: dict[str, str]) -> str:
+    params = {
+        "selector": selector(job, asset_paths),
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+    }
+    reply = dev.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
+    assert reply["__typename"] == "LaunchRunSuccess", f"{reply}\n{dev.log_tail()}"
+    return reply["run"]["runId"]
+
+
+def range_tags(start: str, end: str) -> dict[str, str]:
+    return {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+
+
+def wait_for_run(dev: DagsterDev, run_id: str, timeout: float = 120) -> dict:
+    def finished():
+        run = dev.graphql(RUN_STATUS, {"runId": run_id})["runOrError"]
+        assert run["__typename"] == "Run", run
+        return run if run["status"] in TERMINAL_RUN else None
+
+    run = wait_for(finished, timeout, f"run {run_id} to finish", dev)
+    assert run["status"] == "SUCCESS", f"run {run_id} ended {run['status']}\n{dev.log_tail()}"
+    return run
+
+
+def runs_with_tag(dev: DagsterDev, key: str, value: str) -> list[dict]:
+    reply = dev.graphql(RUNS_WITH_TAG, {"key": key, "value": value})["runsOrError"]
+    assert reply["__typename"] == "Runs", reply
+    return reply["results"]
+
+
+def tag_map(run: dict) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in run["tags"]}
+
+
+def materializations(dev: DagsterDev, path: list[str], partition: str) -> list[dict]:
+    reply = dev.graphql(MATERIALIZATIONS, {"key": {"path": path}, "partitions": [partition]})["assetOrError"]
+    if reply["__typename"] != "Asset":  # never materialized yet
+        return []
+    return reply["assetMaterializations"]
+
+
+def test_graphql_launches_an_ohlcv_partition_range_run(ui) -> None:
+    run_id = launch_run(ui.dev, "ohlcv_binance", [OHLCV_PATH], range_tags(RANGE_START, RANGE_END))
+    run = wait_for_run(ui.dev, run_id)
+    assert tag_map(run)["dagster/asset_partition_range_end"] == RANGE_END
+    stored = materializations(ui.dev, OHLCV_PATH, "2018-01-20|ETH-BTC")
+    assert [m["runId"] for m in stored] == [run_id]
+
+
+def test_partition_backfill_runs_once_per_symbol(ui) -> None:
+    params = {
+        "assetSelection": [{"path": OHLCV_PATH}],
+        "partitionNames": [f"{day}|{symbol}" for symbol in SYMBOLS for day in BACKFILL_DAYS],
+    }
+    reply = ui.dev.graphql(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    assert reply["__typename"] == "LaunchBackfillSuccess", f"{reply}\n{ui.dev.log_tail()}"
+    backfill_id = reply["backfillId"]
+
+    def done():
+        backfill = ui.dev.graphql(BACKFILL_STATUS, {"backfillId": backfill_id})["partitionBackfillOrError"]
+        assert backfill["__typename"] == "PartitionBackfill", backfill
+        assert backfill["status"] not in {"FAILED", "CANCELED", "COMPLETED_FAILED"}, f"{backfill}\n{ui.dev.log_tail()}"
+        return backfill["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}
+
+    wait_for(done, 150, f"backfill {backfill_id} to complete", ui.dev, interval=2)
+    runs = runs_with_tag(ui.dev, "dagster/backfill", backfill_id)
+    ranges = sorted(
+        (tag_map(run)["dagster/asset_partition_range_start"], tag_map(run)["dagster/asset_partition_range_end"])
+        for run in runs
+    )
+    assert ranges == sorted((f"2018-01-10|{symbol}", f"2018-01-29|{symbol}") for symbol in SYMBOLS), runs
+    assert {run["status"] for run in runs} == {"SUCCESS"}, runs
+
+
+def ensure_automation_sensor_running(dev: DagsterDev) -> str:
+    """Start the default automation condition sensor unless it already runs; its status before."""
+    sensor = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": AUTOMATION_SENSOR}
+    reply = dev.graphql(SENSOR, {"selector": sensor})["sensorOrError"]
+    assert reply["__typename"] == "Sensor", reply
+    before = reply["sensorState"]["status"]
+    if before != "RUNNING":
+        started = dev.graphql(START_SENSOR, {"selector": sensor})["startSensor"]
+        assert started["__typename"] == "Sensor" and started["sensorState"]["status"] == "RUNNING", started
+    return before
+
+
+def test_automation_reruns_the_backtest_of_updated_candles(ui) -> None:
+    ensure_automation_sensor_running(ui.dev)
+    for symbol in SYMBOLS:
+        run_id = launch_run(ui.dev, "__ASSET_JOB", [BACKTEST_PATH, METRICS_PATH], {"dagster/partition": symbol})
+        wait_for_run(ui.dev, run_id)
+    first = {symbol: materializations(ui.dev, BACKTEST_PATH, symbol) for symbol in SYMBOLS}
+    assert all(len(stored) == 1 for stored in first.values()), first
+
+    update = launch_run(ui.dev, "ohlcv_binance", [OHLCV_PATH], range_tags("2018-01-15|ETH-BTC", "2018-01-15|ETH-BTC"))
+    wait_for_run(ui.dev, update)
+
+    def rerun():
+        stored = materializations(ui.dev, BACKTEST_PATH, "ETH-BTC")
+        return [m for m in stored if m["runId"] != first["ETH-BTC"][0]["runId"]]
+
+    [again] = wait_for(rerun, 180, "the automation to rerun backtest ETH-BTC", ui.dev, interval=3)
+    run = ui.dev.graphql(RUN_STATUS, {"runId": again["runId"]})["runOrError"]
+    assert tag_map(run).get("dagster/sensor_name") == AUTOMATION_SENSOR, run
+    assert len(materializations(ui.dev, BACKTEST_PATH, "ADA-BTC")) == 1  # its candles did not change
+
+
+def test_lineage_read_back_through_graphql(ui) -> None:
+    nodes = {"/".join(node["assetKey"]["path"]): node for node in ui.dev.graphql(LINEAGE)["assetNodes"]}
+    downstream = {key: {"/".join(d["path"]) for d in node["dependedByKeys"]} for key, node in nodes.items()}
+    upstream = {key: {"/".join(d["path"]) for d in node["dependencyKeys"]} for key, node in nodes.items()}
+    assert {"backtest/sma_5m"} <= downstream["ohlcv/binance/5m"]
+    assert "ohlcv/binance/5m" in upstream["backtest/sma_5m"]
+    assert upstream["metrics/sma_5m"] == {"backtest/sma_5m"}
+    assert "leaderboard" in downstream["metrics/sma_5m"]
+    assert "metrics/sma_5m" in upstream["leaderboard"]
+
+
+def rendered_text(dom: str) -> list[str]:
+    """The words a page shows: its DOM without scripts, styles and tags."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", dom)).split()
+
+
+@pytest.mark.skipif(not chromium_available(), reason="the browser check needs Debian's chromium at /usr/bin/chromium "
+                    "(apt-get install -y chromium)")
+def test_chromium_renders_the_asset_graph(ui) -> None:
+    # The first-visit newsletter dialog (shown on loopback origins) would cover the graph.
+    assert ui.dev.graphql("mutation SetNuxSeen { setNuxSeen }")["setNuxSeen"]
+    # The global lineage page starts with its groups collapsed; ``expanded`` opens them (the group
+    # id is "global@global:<group>", or "<repo>@<location>:<group>" with groups per code location).
+    groups = [f"{prefix}:{group}" for prefix in ("global@global", f"{REPOSITORY}@{LOCATION}")
+              for group in ("market_data", "research")]
+    graph_url = f"{ui.dev.url}/asset-groups?expanded={','.join(groups)}"
+    page = chromium(graph_url, ui.tmp / "chromium-graph", "--virtual-time-budget=15000", "--dump-dom")
+    assert page.returncode == 0, f"chromium exited {page.returncode}: {page.stderr[-2000:]}"
+    (ui.tmp / "asset_graph.html").write_text(page.stdout)
+    words = rendered_text(page.stdout)
+    # Graph nodes show the last part of each key: ohlcv/binance/5m, backtest/sma_5m and
+    # metrics/sma_5m, leaderboard, inside their group boxes.
+    for word, count in {"market_data": 1, "research": 1, "5m": 1, BACKTEST: 2, "leaderboard": 1}.items():
+        assert words.count(word) >= count, f"{word!r} not rendered {count}x at {graph_url}: {' '.join(words)[:2000]}"
+
+    screenshot = artifacts_dir() / "asset_graph.png"
+    screenshot.unlink(missing_ok=True)
+    shot = chromium(graph_url, ui.tmp / "chromium-shot", "--virtual-time-budget=15000", "--window-size=1600,1000",
+                    f"--screenshot={screenshot}")
+    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+
+    # The catalog lists the full keys.
+    catalog_url = f"{ui.dev.url}/assets"
+    catalog = chromium(catalog_url, ui.tmp / "chromium-catalog", "--virtual-time-budget=15000", "--dump-dom")
+    text = " ".join(rendered_text(catalog.stdout))
+    for key in ("ohlcv / binance / 5m", f"backtest / {BACKTEST}", f"metrics / {BACKTEST}", "leaderboard"):
+        assert key in text, f"{key!r} not rendered at {catalog_url}: {text[:2000]}"
