@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from atlas_pipeline.defs.research.automation import RESEARCH_AUTOMATION_SENSOR
 from atlas_pipeline.market_data.emulator import EmulatorServer, FileCandleSource
 from atlas_pipeline_tests.e2e import (
     LOCATION,
@@ -39,7 +40,7 @@ METRICS_PATH = ["metrics", BACKTEST]
 SYMBOLS = ("ETH-BTC", "ADA-BTC")
 RANGE_START, RANGE_END = "2018-01-10|ETH-BTC", "2018-01-20|ETH-BTC"
 BACKFILL_DAYS = [f"2018-01-{day:02d}" for day in range(10, 30)]
-AUTOMATION_SENSOR = "default_automation_condition_sensor"
+AUTOMATION_SENSOR = RESEARCH_AUTOMATION_SENSOR
 BACKTESTS = {BACKTEST: SMA_SETTINGS}  # one sma_crossover on 5m, ETH/BTC and ADA/BTC, 2018-01-10..30
 DAGSTER_YAML = {"telemetry": {"enabled": False}}
 TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -92,15 +93,6 @@ query Sensor($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
     ... on Sensor { sensorState { status } }
-    ... on Error { message }
-  }
-}"""
-START_SENSOR = """
-mutation StartSensor($selector: SensorSelector!) {
-  startSensor(sensorSelector: $selector) {
-    __typename
-    ... on Sensor { sensorState { status } }
-    ... on PythonError { message stack }
     ... on Error { message }
   }
 }"""
@@ -229,20 +221,15 @@ def test_partition_backfill_runs_once_per_symbol(ui) -> None:
     assert {run["status"] for run in runs} == {"SUCCESS"}, runs
 
 
-def ensure_automation_sensor_running(dev: DagsterDev) -> str:
-    """Start the default automation condition sensor unless it already runs; its status before."""
+def automation_sensor_status(dev: DagsterDev) -> str:
     sensor = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": AUTOMATION_SENSOR}
     reply = dev.graphql(SENSOR, {"selector": sensor})["sensorOrError"]
     assert reply["__typename"] == "Sensor", reply
-    before = reply["sensorState"]["status"]
-    if before != "RUNNING":
-        started = dev.graphql(START_SENSOR, {"selector": sensor})["startSensor"]
-        assert started["__typename"] == "Sensor" and started["sensorState"]["status"] == "RUNNING", started
-    return before
+    return reply["sensorState"]["status"]
 
 
 def test_automation_reruns_the_backtest_of_updated_candles(ui) -> None:
-    ensure_automation_sensor_running(ui.dev)
+    assert automation_sensor_status(ui.dev) == "RUNNING"  # on by default: no click needed
     for symbol in SYMBOLS:
         run_id = launch_run(ui.dev, "__ASSET_JOB", [BACKTEST_PATH, METRICS_PATH], {"dagster/partition": symbol})
         wait_for_run(ui.dev, run_id)

@@ -170,3 +170,9 @@ def test_strategy_raising_fails_with_its_traceback(setup, tmp_path: Path, monkey
     assert not result.success
     message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
     assert "explodes" in message and "boom at bar" in message and "explodes.py" in message, message
+
+
+def test_reruns_need_no_click_the_automation_sensor_runs_by_default(setup) -> None:
+    config_dir, store_root, _ = setup
+    sensor = build_definitions(config_dir, store_root=str(store_root)).resolve_sensor_def("research_reruns")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

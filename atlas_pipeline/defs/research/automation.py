@@ -19,3 +19,19 @@ def rerun_when_upstream_updated() -> dg.AutomationCondition:
         & ~dg.AutomationCondition.in_progress()
         & ~dg.AutomationCondition.missing()
     ).with_label("rerun when upstream updated")
+
+
+RESEARCH_AUTOMATION_SENSOR = "research_reruns"
+
+
+def research_automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    """Evaluates the research assets' conditions; running by default so reruns need no clicks.
+
+    (Dagster's implicit default_automation_condition_sensor starts stopped.)
+    """
+    return dg.AutomationConditionSensorDefinition(
+        RESEARCH_AUTOMATION_SENSOR,
+        target=dg.AssetSelection.groups("research"),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Reruns backtests, metrics and the leaderboard when their candles change.",
+    )
