@@ -82,8 +82,9 @@ def point_at(exchange: ccxt.Exchange, base_url: str) -> None:
 def build_ccxt_exchange(connection: ExchangeConnection) -> ccxt.Exchange:
     options: dict[str, Any] = {"timeout": int(connection.timeout_seconds * 1000), **connection.credentials}
     if connection.exchange_id == "binance":
-        # Spot only: otherwise load_markets also walks the futures and options APIs.
-        options["options"] = {"fetchMarkets": {"types": ["spot"]}}
+        # Spot only (else load_markets walks the futures and options APIs); no currencies and no
+        # margin pairs (with API keys, load_markets would also call private wallet and margin APIs).
+        options["options"] = {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False}
     exchange: ccxt.Exchange = getattr(ccxt, connection.exchange_id)(options)
     # ccxt hands a 200 answer that is not JSON (an HTML maintenance page, say) to the parser as
     # text, which reads as "no candles"; keeping the parsed JSON lets the client tell them apart.

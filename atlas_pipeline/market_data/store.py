@@ -142,6 +142,13 @@ def _write_parquet(table: pa.Table, where: str | pa.NativeFile) -> None:
     pq.write_table(table, where, **_PARQUET_OPTIONS)
 
 
+def _read_whole(path: str) -> pa.Table:
+    """One open of one file: a writer renaming a new file over ``path`` meanwhile cannot mix the
+    old file's size with the new file's bytes (``pq.read_table(path)`` stats, then reopens)."""
+    with pa.memory_map(path) as source:
+        return pq.read_table(source)
+
+
 class _LocalIO:
     """Plain ``os`` + pyarrow on local paths: no fsspec overhead on the hot read path."""
 
@@ -162,12 +169,13 @@ class _LocalIO:
         # Files decode in parallel (pyarrow releases the GIL): 9 years of 1m, 108 files, 125 -> 70 ms
         # on 2 cores. A pool per call, not a module-level one, so forked workers never inherit one.
         if len(paths) < 2:
-            return [pq.read_table(p) for p in paths]
+            return [_read_whole(p) for p in paths]
         with ThreadPoolExecutor(max_workers=min(4, len(paths))) as pool:
-            return list(pool.map(pq.read_table, paths))
+            return list(pool.map(_read_whole, paths))
 
     def read_footer(self, path: str) -> dict[bytes, bytes]:
-        return pq.read_schema(path).metadata or {}
+        with pa.memory_map(path) as source:
+            return pq.read_schema(source).metadata or {}
 
     def read_text(self, path: str) -> str | None:
         try:
