@@ -158,3 +158,10 @@ def test_definitions_make_no_request_for_a_real_exchange(tmp_path: Path) -> None
     assert defs.get_assets_def(exchange_metadata_asset_key("binance")).group_names_by_key[
         exchange_metadata_asset_key("binance")
     ] == "market_data"
+
+
+def test_a_corrupted_metadata_file_is_named_in_the_error(tmp_path: Path) -> None:
+    path = tmp_path / "exchange_metadata.yaml"
+    path.write_text("exchanges: {binance: [unclosed\n")
+    with pytest.raises(ValueError, match=r"exchange_metadata.yaml: not valid YAML"):
+        read_metadata(path, "binance")

@@ -260,7 +260,10 @@ def _locked(path: Path) -> Iterator[None]:
 def _read_document(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error}); rematerialize exchange_metadata to rewrite it") from None
     if not isinstance(document, dict):
         raise ValueError(f"{path}: expected a mapping with an 'exchanges' key")
     return document
