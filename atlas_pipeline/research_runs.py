@@ -25,6 +25,8 @@ from atlas_pipeline.research.report import ReportSection, write_html_report
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.results import BacktestResult
 
+CHARTS = ("equity_drawdown", "trades")
+"""Charts the metrics step draws for every backtest result, by file name."""
 LEADERBOARD_METRICS = ("sharpe", "total_return", "cagr", "max_drawdown", "trade_count", "win_rate", "buy_and_hold_return")
 
 
@@ -88,7 +90,7 @@ def compute_backtest_metrics(settings: BacktestSettings, symbol: str, results: R
     charts = {
         "equity_drawdown": equity_drawdown_chart(result.equity, result.close, title),
         "trades": trades_chart(result.close, result.trades, title),
-    }
+    }  # the names in CHARTS
     drawn = time.perf_counter()
     results.save_metrics(settings.name, symbol, metrics)
     paths = {chart: results.save_chart(settings.name, symbol, chart, png) for chart, png in charts.items()}
@@ -134,13 +136,10 @@ def write_backtest_report(settings: BacktestSettings, results: ResultStore, path
         metrics = results.load_metrics(settings.name, symbol)
         if metrics is None:
             continue
-        folder = results.folder(settings.name, symbol)
-        charts = {}
-        for chart in ("equity_drawdown", "trades"):
-            chart_path = f"{folder}/charts/{chart}.png"
-            if results.fs.exists(chart_path):
-                charts[chart] = results.fs.cat_file(chart_path)
-        sections.append(ReportSection(heading=symbol, metrics=metrics, charts=charts))
+        charts = {chart: results.load_chart(settings.name, symbol, chart) for chart in CHARTS}
+        sections.append(
+            ReportSection(heading=symbol, metrics=metrics, charts={k: v for k, v in charts.items() if v is not None})
+        )
     if not sections:
         raise FileNotFoundError(
             f"backtest {settings.name!r} has no stored metrics yet: run `atlas backtest {settings.name}` "

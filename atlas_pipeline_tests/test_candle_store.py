@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
-import os
 import uuid
 from pathlib import Path
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import os
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

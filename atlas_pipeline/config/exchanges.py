@@ -12,7 +12,6 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import ccxt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator

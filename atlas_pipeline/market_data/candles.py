@@ -52,6 +52,11 @@ def to_ms(value: dt.datetime | dt.date | pd.Timestamp | str | int) -> int:
     return int(stamp.tz_convert("UTC").value // 1_000_000)
 
 
+def ms_to_iso(ms: int) -> str:
+    """ISO 8601 UTC text of a ms timestamp, for metadata and YAML."""
+    return pd.Timestamp(int(ms), unit="ms", tz="UTC").isoformat()
+
+
 def day_start_ms(day: dt.date) -> int:
     return (day - dt.date(1970, 1, 1)).days * DAY_MS
 

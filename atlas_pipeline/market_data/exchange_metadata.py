@@ -28,6 +28,7 @@ import ccxt
 import pandas as pd
 import yaml
 
+from atlas_pipeline.market_data.candles import ms_to_iso
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection, Logger
 
 METADATA_FILE = "exchange_metadata.yaml"
@@ -164,7 +165,7 @@ def collect_exchange_metadata(
     trading = (exchange.fees or {}).get("trading") or {}
     return ExchangeMetadata(
         exchange=name,
-        collected_at=pd.Timestamp(client.now_ms(), unit="ms", tz="UTC").isoformat(),
+        collected_at=ms_to_iso(client.now_ms()),
         timeframes=list(exchange.timeframes or {}),
         top_n=top_n,
         top_markets=top,
@@ -270,7 +271,7 @@ def _read_document(path: Path) -> dict[str, Any]:
 
 
 def _iso(ms: int | None) -> str | None:
-    return None if ms is None else pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
+    return None if ms is None else ms_to_iso(ms)
 
 
 def _ms(value: Any) -> int | None:

@@ -73,9 +73,16 @@ class ResultStore:
         return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
 
     def save_chart(self, name: str, symbol: str, chart: str, png: bytes) -> str:
-        path = f"{self.folder(name, symbol)}/charts/{chart}.png"
+        path = self._chart_path(name, symbol, chart)
         self._write(path, png)
         return path
+
+    def load_chart(self, name: str, symbol: str, chart: str) -> bytes | None:
+        path = self._chart_path(name, symbol, chart)
+        return self.fs.cat_file(path) if self.fs.exists(path) else None
+
+    def _chart_path(self, name: str, symbol: str, chart: str) -> str:
+        return f"{self.folder(name, symbol)}/charts/{chart}.png"
 
     def save_leaderboard(self, table: pd.DataFrame) -> str:
         path = f"{self.root}/backtests/leaderboard.csv"

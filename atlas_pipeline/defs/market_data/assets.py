@@ -19,13 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 
 from atlas_pipeline.config import ExchangeSettings
 from atlas_pipeline.defs.market_data.checks import check_results, ohlcv_check_specs
 from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL, ohlcv_partitions, symbols_by_key
 from atlas_pipeline.defs.resources import CandleStoreResource
-from atlas_pipeline.market_data.candles import symbol_key
+from atlas_pipeline.market_data.candles import ms_to_iso, symbol_key
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
 from atlas_pipeline.market_data.exchange_metadata import flagged_markets
 from atlas_pipeline.market_data.ingest import IngestReport, ingest_days
@@ -213,4 +212,4 @@ def _run_metadata(reports: list[IngestReport]) -> dict[str, object]:
 
 
 def _iso(ms: int | None) -> str:
-    return "" if ms is None else pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
+    return "" if ms is None else ms_to_iso(ms)
