@@ -3,6 +3,8 @@
 # with PostgreSQL and the data volume: `docker compose up`. See docs/deployment.md.
 #   webserver: docker run ... atlas
 #   daemon:    docker run ... atlas dagster-daemon run -w workspace.yaml
+# DAGSTER_AUTOMATION_TICK_SETTLE_SECONDS: without it the daemon can miss candles written during a
+# tick, and their backtests never rerun (docs/deployment.md).
 # Both need DAGSTER_PG_USERNAME, DAGSTER_PG_PASSWORD, DAGSTER_PG_HOST, DAGSTER_PG_DB, DAGSTER_PG_PORT.
 FROM python:3.11-slim
 
@@ -11,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ATLAS_HOME=/data \
     ATLAS_CONFIG=/app/config \
     ATLAS_STRATEGIES=/app/strategies \
-    DAGSTER_HOME=/opt/dagster/home
+    DAGSTER_HOME=/opt/dagster/home \
+    DAGSTER_AUTOMATION_TICK_SETTLE_SECONDS=2
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

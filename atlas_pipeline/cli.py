@@ -178,6 +178,31 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(days=args.days)
 
 
+AUTOMATION_SETTLE_ENV = "DAGSTER_AUTOMATION_TICK_SETTLE_SECONDS"
+AUTOMATION_SETTLE_SECONDS = "2"
+"""Dagster's fix for a race in its automation daemon: without a settle delay, candles materialized
+while a tick is being evaluated can be missed for good (the asset record lags the event log), and
+the backtests on them never rerun. Two seconds per 30-second tick costs nothing."""
+
+
+def ui_command(port: int | None = None, host: str | None = None) -> list[str]:
+    """``dagster dev`` on Atlas's code location: the checkout's workspace.yaml when run from it,
+    else the installed package's definitions module."""
+    dagster = str(Path(sys.executable).parent / "dagster")
+    target = ["-w", "workspace.yaml"] if Path("workspace.yaml").is_file() else ["-m", "atlas_pipeline.definitions"]
+    options = [*(["-h", host] if host else []), *(["-p", str(port)] if port else [])]
+    return [dagster, "dev", *target, *options]
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    """The Dagster UI and daemon on the CLI's instance, with the automation settle delay set."""
+    dagster_instance()  # makes sure DAGSTER_HOME is set (and created) as the other commands do
+    os.environ.setdefault(AUTOMATION_SETTLE_ENV, AUTOMATION_SETTLE_SECONDS)
+    command = ui_command(args.port, args.host)
+    print(f"atlas ui: {' '.join(command)} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", file=sys.stderr)
+    os.execv(command[0], command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atlas", description="Atlas crypto research pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="offline demo: emulator + Dagster materialization into the local store")
     demo.add_argument("--days", type=int, default=90, help="how many days back from today to materialize")
     demo.set_defaults(handler=cmd_demo)
+
+    ui = commands.add_parser("ui", help="the Dagster UI and daemon (dagster dev) on the same instance as the CLI")
+    ui.add_argument("--port", type=int, help="webserver port (default: dagster's, 3000)")
+    ui.add_argument("--host", help="webserver host (default: dagster's, 127.0.0.1)")
+    ui.set_defaults(handler=cmd_ui)
     return parser
 
 

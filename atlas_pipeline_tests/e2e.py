@@ -46,7 +46,7 @@ def artifacts_dir() -> Path:
 
 
 class DagsterDev:
-    """``dagster dev -w workspace.yaml`` (webserver + daemon) on a loopback port.
+    """``atlas ui`` = ``dagster dev -w workspace.yaml`` (webserver + daemon) on a loopback port.
 
     ``dagster dev`` does not exit on SIGTERM/SIGINT (DESIGN.md section 10), so it runs in its own
     session and ``stop()`` signals the whole process group: SIGTERM, then SIGKILL.
@@ -62,10 +62,10 @@ class DagsterDev:
         self.pgid: int | None = None
 
     def start(self, timeout: float = 120) -> DagsterDev:
-        dagster = Path(sys.executable).parent / "dagster"
+        atlas = Path(sys.executable).parent / "atlas"
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
+        self.process = subprocess.Popen(  # `atlas ui` execs `dagster dev` in this process, as users start it
+            [str(atlas), "ui", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=REPO_ROOT,
             env=self._env,
             stdout=self._log,

@@ -110,7 +110,7 @@ query Lineage {
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory):
-    """``dagster dev`` with a temporary DAGSTER_HOME, ATLAS_HOME and ATLAS_CONFIG, reading candles
+    """``atlas ui`` (``dagster dev``) with a temporary DAGSTER_HOME, ATLAS_HOME and ATLAS_CONFIG, reading candles
     from an emulator in this process; every process it starts is gone after the module."""
     tmp = tmp_path_factory.mktemp("e2e")
     dagster_home = tmp / "dagster_home"
@@ -246,6 +246,8 @@ def test_automation_reruns_the_backtest_of_updated_candles(ui) -> None:
     run = ui.dev.graphql(RUN_STATUS, {"runId": again["runId"]})["runOrError"]
     assert tag_map(run).get("dagster/sensor_name") == AUTOMATION_SENSOR, run
     assert len(materializations(ui.dev, BACKTEST_PATH, "ADA-BTC")) == 1  # its candles did not change
+    # `atlas ui` set Dagster's settle delay, without which a materialization landing mid-tick can be missed
+    assert "before evaluation to let in-flight transactions settle" in ui.dev.log_path.read_text(errors="replace")
 
 
 def test_lineage_read_back_through_graphql(ui) -> None:
