@@ -27,8 +27,8 @@ def _port_free(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-def demo_backtests(start: dt.date) -> dict[str, dict]:
-    """Two strategies on every demo market's 1h candles from ``start``."""
+def demo_backtests(start: dt.date, days: int = 90) -> dict[str, dict]:
+    """Two strategies and one walk-forward sweep on every demo market's 1h candles from ``start``."""
     common = {
         "exchange": "binance",
         "timeframe": "1h",
@@ -41,10 +41,18 @@ def demo_backtests(start: dt.date) -> dict[str, dict]:
     return {
         "sma_crossover_1h": {"strategy": "sma_crossover", "params": {"fast": 20, "slow": 50}, **common},
         "rsi_long_short_1h": {"strategy": "rsi_mean_reversion", "params": {"period": 14, "allow_short": True}, **common},
+        "sma_walkforward_1h": {
+            "strategy": "sma_crossover",
+            "grid": {"fast": [5, 10, 20, 30], "slow": {"start": 40, "stop": 100, "step": 20}},
+            "objective": "sharpe",
+            "filters": {"min_trades": 3, "max_drawdown": 0.5},
+            "walk_forward": {"train_days": max(days // 3, 2), "test_days": max(days // 9, 1)},
+            **common,
+        },
     }
 
 
-def write_demo_config(folder: Path, api_url: str, backtests_from: dt.date | None = None) -> Path:
+def write_demo_config(folder: Path, api_url: str, backtests_from: dt.date | None = None, days: int = 90) -> Path:
     """The demo's ``exchanges.yaml`` (ccxt -> emulator) and, with ``backtests_from``, ``backtests.yaml``."""
     folder.mkdir(parents=True, exist_ok=True)
     config = {
@@ -62,7 +70,7 @@ def write_demo_config(folder: Path, api_url: str, backtests_from: dt.date | None
     path.write_text("# Written by `atlas demo`: ccxt talks to the local exchange emulator.\n" + yaml.safe_dump(config))
     backtests = folder / "backtests.yaml"
     if backtests_from is not None:
-        backtests.write_text("# Written by `atlas demo`.\n" + yaml.safe_dump({"backtests": demo_backtests(backtests_from)}))
+        backtests.write_text("# Written by `atlas demo`.\n" + yaml.safe_dump({"backtests": demo_backtests(backtests_from, days)}))
     elif backtests.exists():
         backtests.unlink()
     return folder
@@ -86,7 +94,7 @@ def run_demo(days: int = 90) -> None:
     start, end = today - dt.timedelta(days=days), today + dt.timedelta(days=1)
     port = DEMO_PORT if _port_free(DEMO_PORT) else 0
     with build_emulator(synthetic_seed=DEMO_SEED, port=port) as emulator:
-        config_dir = write_demo_config(Path(store.root) / "demo" / "config", emulator.base_url, backtests_from=start)
+        config_dir = write_demo_config(Path(store.root) / "demo" / "config", emulator.base_url, backtests_from=start, days=days)
         os.environ["ATLAS_CONFIG"] = str(config_dir)
         defs = build_definitions(config_dir)
         print(f"atlas demo: emulator at {emulator.base_url}; materializing {start}..{today} "
@@ -111,11 +119,17 @@ def run_demo(days: int = 90) -> None:
         print(f"  {series.exchange} {series.symbol:9} {series.timeframe:3}: {int(coverage['rows'].sum()):>6,} candles "
               f"over {len(coverage)} days")
     print("\nLeaderboard:\n" + leaderboard_markdown(leaderboard(backtests, results)))
+    for settings in (b for b in backtests if b.walk_forward is not None):
+        for symbol in settings.symbols:
+            summary = results.load_walk_forward_summary(settings.name, symbol) or {}
+            print(f"Walk-forward {settings.name} {symbol}: {summary.get('windows')} windows, out-of-sample return "
+                  f"{summary.get('oos_total_return', float('nan')):.2%}, efficiency {summary.get('efficiency', float('nan')):.2f}, "
+                  f"latest winner {summary.get('latest_params')}  ({results.walkforward_folder(settings.name, symbol)})")
     print(f"\nData:            {store.root}/ohlcv, backtests in {store.root}/backtests")
     print("Reports:         " + "\n                 ".join(str(path) for path in reports))
     print(f"Dagster runs:    {os.environ['DAGSTER_HOME']} ({len(runs) + len(research_runs)} runs)")
     bin_dir = Path(sys.executable).parent
     print("Open the UI:     "
-          f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} ATLAS_CONFIG={config_dir} {bin_dir / 'dagster'} dev -w workspace.yaml")
+          f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} ATLAS_CONFIG={config_dir} {bin_dir / 'atlas'} ui")
     print(f"Fetch more:      {bin_dir / 'atlas'} emulator --synthetic {DEMO_SEED} --port {urlsplit(emulator.base_url).port}   "
           "(then materialize or backfill from the UI)")

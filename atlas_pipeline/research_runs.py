@@ -7,9 +7,11 @@ materialized in the UI leave the same files behind.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,19 @@ import pandas as pd
 
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.market_data.store import CandleStore
-from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart
-from atlas_pipeline.research.engine import BacktestSpec, run_backtest_from_store
+from atlas_pipeline.research import engine, walkforward
+from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
+from atlas_pipeline.research.engine import BacktestSpec
+from atlas_pipeline.research.lookahead import LookaheadReport, check_lookahead
 from atlas_pipeline.research.metrics import compute_metrics
 from atlas_pipeline.research.report import ReportSection, write_html_report
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.results import BacktestResult
+from atlas_pipeline.research.strategy_loader import load_strategy, validate_params
+from atlas_pipeline.research.sweep import BacktestPool, SweepResult, run_sweep
+
+Log = Callable[[str], None]
+WORKERS_ENV = "ATLAS_WORKERS"
 
 CHARTS = ("equity_drawdown", "trades")
 """Charts the metrics step draws for every backtest result, by file name."""
@@ -41,11 +50,47 @@ def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
     )
 
 
+def sweep_workers() -> int:
+    """Processes a sweep uses: ``$ATLAS_WORKERS``, else every core."""
+    value = os.environ.get(WORKERS_ENV, "")
+    try:
+        workers = int(value) if value else (os.cpu_count() or 1)
+    except ValueError:
+        raise ValueError(f"{WORKERS_ENV}={value!r}: expected a whole number of processes") from None
+    if workers < 1:
+        raise ValueError(f"{WORKERS_ENV}={value!r}: need at least 1 process")
+    return workers
+
+
+def stored_candles(settings: BacktestSettings, symbol: str, store: CandleStore) -> pd.DataFrame:
+    """The candles of a configured backtest's period for one market (clear error when none)."""
+    return engine.stored_candles(
+        store, settings.exchange, symbol, settings.timeframe, settings.period.start, settings.period.end
+    )
+
+
+def check_grid(settings: BacktestSettings, strategies_dir: Path | None) -> None:
+    """Fail once, naming the param, when the grid sweeps a param the strategy does not have,
+    instead of every candidate failing alike in the worker processes."""
+    candidates = settings.candidates()
+    if candidates:
+        cls = load_strategy(settings.strategy, strategies_dir)
+        validate_params(settings.strategy, cls, {**settings.params, **candidates[0]})
+
+
 @dataclass
 class BacktestRun:
     result: BacktestResult
     folder: str
+    spec: BacktestSpec
+    """What ran: for a sweep, the chosen candidate's params."""
+    lookahead: LookaheadReport
+    sweep: SweepResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+class NoCandidatePassed(ValueError):
+    """Every candidate of a sweep was rejected by the filters (the sweep table is saved)."""
 
 
 def run_backtest(
@@ -54,22 +99,80 @@ def run_backtest(
     store: CandleStore,
     results: ResultStore,
     strategies_dir: Path | None = None,
+    log: Log | None = None,
 ) -> BacktestRun:
-    """Run one configured backtest on one market's stored candles and save its outputs."""
+    """Run one configured backtest on one market's stored candles and save its outputs.
+
+    With a grid it sweeps first (every core) and backtests the chosen candidate. Either way the
+    strategy as run is checked for lookahead bias.
+    """
+    seconds: dict[str, float] = {}
     started = time.perf_counter()
-    result = run_backtest_from_store(
-        store,
-        settings.exchange,
-        symbol,
-        settings.timeframe,
-        settings.period.start,
-        settings.period.end,
-        backtest_spec(settings),
-        strategies_dir=strategies_dir,
-    )
+    candles = stored_candles(settings, symbol, store)
+    spec = backtest_spec(settings)
+    sweep = None
+    if settings.grid is not None:
+        check_grid(settings, strategies_dir)
+        with BacktestPool(candles, spec, settings.timeframe, strategies_dir, sweep_workers()) as pool:
+            sweep = run_sweep(pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), progress=log)
+        results.save_sweep(settings.name, symbol, sweep.table)
+        seconds["sweep"] = time.perf_counter() - started
+        if sweep.chosen is None:
+            raise NoCandidatePassed(
+                f"sweep of {settings.name} {symbol}: none of {len(sweep.table)} candidates passed the filters "
+                f"({_rejections(sweep.table)}); the table is in {results.url(results.folder(settings.name, symbol))}/sweep.parquet"
+            )
+        spec = dataclasses.replace(spec, params={**spec.params, **sweep.chosen})
     ran = time.perf_counter()
+    result = engine.run_backtest(candles, spec, settings.timeframe, strategies_dir)
+    checked = time.perf_counter()
+    lookahead = check_lookahead(candles, spec, settings.timeframe, strategies_dir)
+    saving = time.perf_counter()
     folder = results.save_result(settings.name, symbol, result)
-    return BacktestRun(result, folder, {"backtest": ran - started, "save": time.perf_counter() - ran})
+    seconds.update(backtest=checked - ran, lookahead=saving - checked, save=time.perf_counter() - saving)
+    return BacktestRun(result, folder, spec, lookahead, sweep, seconds)
+
+
+def _rejections(table: pd.DataFrame) -> str:
+    """The most common rejection reasons with counts, e.g. ``12x trade_count < 10``."""
+    reasons = table.loc[~table["passed"], "rejected"].str.replace(r"[-\d.]+ ([<>]) ", r"\1 ", regex=True)
+    return "; ".join(f"{count}x {reason}" for reason, count in reasons.value_counts().head(3).items())
+
+
+@dataclass
+class WalkForwardRun:
+    result: walkforward.WalkForwardResult
+    chart: bytes
+    folder: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_walk_forward(
+    settings: BacktestSettings,
+    symbol: str,
+    store: CandleStore,
+    results: ResultStore,
+    strategies_dir: Path | None = None,
+    log: Log | None = None,
+) -> WalkForwardRun:
+    """Walk-forward optimization of a configured backtest's grid on one market, saved with its chart."""
+    plan = settings.walk_forward_plan()
+    if plan is None:
+        raise ValueError(f"backtest {settings.name!r} has no walk_forward settings (config/backtests.yaml)")
+    started = time.perf_counter()
+    candles = stored_candles(settings, symbol, store)
+    check_grid(settings, strategies_dir)
+    spec = backtest_spec(settings)
+    with BacktestPool(candles, spec, settings.timeframe, strategies_dir, sweep_workers()) as pool:
+        result = walkforward.run_walk_forward(
+            pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), plan, progress=log
+        )
+    ran = time.perf_counter()
+    chart = walkforward_chart(result, f"walk-forward {settings.name} {symbol} {settings.timeframe}")
+    drawn = time.perf_counter()
+    folder = results.save_walk_forward(settings.name, symbol, result, chart)
+    seconds = {"walk_forward": ran - started, "chart": drawn - ran, "save": time.perf_counter() - drawn}
+    return WalkForwardRun(result, chart, folder, seconds)
 
 
 @dataclass
@@ -117,16 +220,20 @@ def leaderboard(backtests: Iterable[BacktestSettings], results: ResultStore) -> 
     return table.reset_index(drop=True).loc[:, columns]
 
 
-def leaderboard_markdown(table: pd.DataFrame) -> str:
-    """The leaderboard as a markdown table (numbers to 4 significant digits)."""
+def table_markdown(table: pd.DataFrame, empty: str = "no rows") -> str:
+    """A frame as a markdown table (numbers to 4 significant digits), for Dagster metadata."""
     if table.empty:
-        return "no metrics yet"
+        return empty
     header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns)
     rows = [
         "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
         for row in table.itertuples(index=False)
     ]
     return "\n".join([header, *rows])
+
+
+def leaderboard_markdown(table: pd.DataFrame) -> str:
+    return table_markdown(table, empty="no metrics yet")
 
 
 def write_backtest_report(settings: BacktestSettings, results: ResultStore, path: Path) -> Path:

@@ -75,3 +75,64 @@ def test_bad_backtest_settings_name_backtest_key_and_value(
 def test_backtest_names_must_be_asset_key_safe(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"backtests.SMA Cross.name = 'SMA Cross': must be lower_snake_case"):
         load(tmp_path, {"SMA Cross": GOOD})
+
+
+SWEPT = {
+    **GOOD,
+    "params": {"allow_short": True},
+    "grid": {"fast": [5, 10], "slow": {"start": 20, "stop": 40, "step": 10}},
+    "objective": "calmar",
+    "filters": {"min_trades": 5, "max_drawdown": 0.4},
+    "walk_forward": {"train_days": 60, "test_days": 20},
+}
+
+
+def test_grid_ranges_objective_filters_and_walk_forward(tmp_path: Path) -> None:
+    settings = load(tmp_path, {"sma": SWEPT}).get("sma")
+    assert settings.grid_values("slow") == [20, 30, 40]
+    assert settings.candidates() == [
+        {"fast": fast, "slow": slow} for fast in (5, 10) for slow in (20, 30, 40)
+    ]
+    objective = settings.sweep_objective()
+    assert objective.metric == "calmar" and objective.higher_is_better
+    assert load(tmp_path, {"sma": {**SWEPT, "objective": {"metric": "max_drawdown"}}}).get("sma").sweep_objective().higher_is_better is False
+    filters = settings.sweep_filters()
+    assert (filters.min_trades, filters.max_drawdown) == (5, 0.4)
+    plan = settings.walk_forward_plan()
+    assert (plan.train_days, plan.test_days, plan.step, plan.anchored) == (60, 20, 20, False)
+    assert load(tmp_path, {"sma": GOOD}).get("sma").candidates() == []
+
+
+def test_float_range_values_are_rounded_not_drifting(tmp_path: Path) -> None:
+    grid = {"fast": [5], "slow": [20], "width": {"start": 1.5, "stop": 2.5, "step": 0.1}}
+    settings = load(tmp_path, {"sma": {**GOOD, "params": {}, "grid": grid}}).get("sma")
+    assert settings.grid_values("width") == [1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5]
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "reason"),
+    [
+        ({"objective": "sharp"}, "backtests.sma.objective.metric", "unknown metric; one of"),
+        ({"grid": {"fast": []}}, "backtests.sma.grid.fast", "needs a non-empty list"),
+        ({"grid": {"fast": {"start": 10, "stop": 5, "step": 1}}}, "backtests.sma.grid.fast", "below start"),
+        ({"grid": {"fast": {"start": 1, "stop": 5, "step": 0}}}, "backtests.sma.grid.fast.step", "greater than 0"),
+        ({"grid": {"allow_short": [True, False]}}, "backtests.sma", "both fixed in params and swept in grid"),
+        ({"grid": {"fast": list(range(40)), "slow": list(range(40))}}, "backtests.sma", "1,600 combinations"),
+        ({"filters": {"max_drawdown": 1.5}}, "backtests.sma.filters.max_drawdown", "less than or equal to 1"),
+        ({"filters": {"min_trade": 3}}, "backtests.sma.filters.min_trade", "unknown key"),
+        ({"walk_forward": {"train_days": 60, "test_days": 20, "step_days": 10}}, "backtests.sma.walk_forward", "test windows would overlap"),
+        ({"walk_forward": {"train_days": 0, "test_days": 20}}, "backtests.sma.walk_forward.train_days", "greater than 0"),
+    ],
+)
+def test_bad_sweep_settings_name_the_key(tmp_path: Path, change: dict, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, {"sma": {**SWEPT, **change}})
+    message = str(caught.value)
+    assert message.startswith(str(tmp_path / "backtests.yaml") + ": " + key), message
+    assert reason in message, message
+
+
+@pytest.mark.parametrize("key", ["walk_forward", "objective", "filters"])
+def test_sweep_settings_without_a_grid_are_refused(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key} needs a grid of params to sweep"):
+        load(tmp_path, {"sma": {**GOOD, key: SWEPT[key]}})

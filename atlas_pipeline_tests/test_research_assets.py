@@ -1,9 +1,14 @@
-"""Backtest -> metrics -> leaderboard in a real Dagster instance, and reruns on new candles."""
+"""Backtest -> metrics -> leaderboard and walk-forward in a real Dagster instance, the lookahead
+check, and reruns on new candles."""
 
 import datetime as dt
+import json
 from pathlib import Path
 
+from dataclasses import replace
+
 import dagster as dg
+import pandas as pd
 import pytest
 import yaml
 
@@ -11,9 +16,18 @@ from atlas_pipeline.config import load_exchanges_config
 from atlas_pipeline.config.backtests import load_backtests_config
 from atlas_pipeline.defs.definitions import build_definitions
 from atlas_pipeline.defs.research.launch import materialize_backtests
-from atlas_pipeline.defs.research.assets import LEADERBOARD_KEY, backtest_asset_key, metrics_asset_key
+from atlas_pipeline.defs.research.assets import (
+    LEADERBOARD_KEY,
+    LOOKAHEAD_CHECK,
+    backtest_asset_key,
+    metrics_asset_key,
+    walkforward_asset_key,
+)
 from atlas_pipeline.market_data.emulator import FileCandleSource
+from atlas_pipeline.market_data.store import CandleStore
+from atlas_pipeline.research.engine import run_backtest as engine_run_backtest
 from atlas_pipeline.research.result_store import ResultStore
+from atlas_pipeline.research_runs import backtest_spec, stored_candles
 from atlas_pipeline_tests.support import SHARED_CANDLES, needs_shared_candles, run_range, write_exchange_config
 
 pytestmark = needs_shared_candles
@@ -176,3 +190,93 @@ def test_reruns_need_no_click_the_automation_sensor_runs_by_default(setup) -> No
     config_dir, store_root, _ = setup
     sensor = build_definitions(config_dir, store_root=str(store_root)).resolve_sensor_def("research_reruns")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+SWEPT = {
+    **SMA_SETTINGS,
+    "grid": {"fast": [5, 10], "slow": {"start": 20, "stop": 40, "step": 20}},
+    "objective": "total_return",
+    "filters": {"min_trades": 1},
+    "walk_forward": {"train_days": 6, "test_days": 3},
+}
+
+PEEKING_STRATEGY = """
+from atlas_pipeline.research.strategy_base import FLAT, LONG, AtlasStrategy
+
+
+class Peeks(AtlasStrategy):
+    def next(self):
+        rises = len(self.data) < self.data.buflen() and self.data.close[1] > self.data.close[0]
+        self.target(LONG if rises else FLAT)
+"""
+
+
+def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_a_swept_backtest_keeps_the_chosen_candidate_and_passes_the_lookahead_check(setup) -> None:
+    config_dir, store_root, instance = setup
+    write_backtests(config_dir, {"swept": SWEPT})
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    result = materialize_research(defs, instance, "swept", "ETH-BTC")
+    assert result.success
+    check = check_evaluations(result)[LOOKAHEAD_CHECK]
+    assert check.passed and check.metadata["truncated_reruns"].value > 0
+
+    results = ResultStore(str(store_root))
+    table = pd.read_parquet(Path(results.folder("swept", "ETH/BTC")) / "sweep.parquet")
+    assert len(table) == 4 and table["chosen"].sum() == 1
+    passed = table[table["passed"]]
+    best = passed.loc[passed["total_return"].idxmax()]
+    chosen = {"fast": int(best["param_fast"]), "slow": int(best["param_slow"])}
+    stored = results.load_result("swept", "ETH/BTC")
+    assert {k: stored.parameters["params"][k] for k in chosen} == chosen
+    # the stored result is the chosen candidate run on its own
+    settings = load_backtests_config(load_exchanges_config(config_dir), config_dir).get("swept")
+    candles = stored_candles(settings, "ETH/BTC", CandleStore(str(store_root)))
+    alone = engine_run_backtest(candles, replace(backtest_spec(settings), params=chosen), "5m")
+    pd.testing.assert_frame_equal(stored.equity, alone.equity, check_freq=False)
+    [record] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=backtest_asset_key("swept"), asset_partitions=["ETH-BTC"]), limit=1
+    ).records
+    metadata = record.asset_materialization.metadata
+    assert metadata["candidates"].value == 4 and metadata["chosen_params"].value == str(chosen)
+
+
+def test_walkforward_asset_depends_on_the_candles_and_stores_its_report(setup) -> None:
+    config_dir, store_root, instance = setup
+    write_backtests(config_dir, {"swept": SWEPT})
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    key = walkforward_asset_key("swept")
+    assert OHLCV in defs.resolve_asset_graph().get(key).parent_keys
+    result = dg.materialize([defs.resolve_assets_def(key)], instance=instance, partition_key="ETH-BTC")
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    metadata = event.materialization.metadata
+    folder = Path(ResultStore(str(store_root)).walkforward_folder("swept", "ETH/BTC"))
+    windows = pd.read_parquet(folder / "windows.parquet")
+    assert len(windows) == 4  # candles 2018-01-10..29: tests on days 16-18, 19-21, 22-24, 25-27 (28-30 ends past the data)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert metadata["windows"].value == summary["windows"] == len(windows)
+    assert (folder / "charts" / "walkforward.png").read_bytes()[:4] == b"\x89PNG"
+    assert "data:image/png;base64," in metadata["walkforward_chart"].value
+    assert (pd.to_datetime(windows["train_end"]) <= pd.to_datetime(windows["test_start"])).all()
+
+
+def test_a_peeking_strategy_fails_the_lookahead_check_and_gets_no_metrics(
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_dir, store_root, instance = setup
+    strategies = tmp_path / "peeking_strategies"
+    strategies.mkdir()
+    (strategies / "peeks.py").write_text(PEEKING_STRATEGY)
+    monkeypatch.setenv("ATLAS_STRATEGIES", str(strategies))
+    write_backtests(config_dir, {"peeks": {**SMA_SETTINGS, "strategy": "peeks"}})
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    result = materialize_research(defs, instance, "peeks", "ETH-BTC")
+    check = check_evaluations(result)[LOOKAHEAD_CHECK]
+    assert not check.passed and "lookahead bias" in check.description
+    assert check.metadata["changed_signals"].value > 0
+    assert not result.success  # the blocking check stops the run before metrics
+    assert instance.fetch_materializations(metrics_asset_key("peeks"), limit=1).records == []

@@ -10,6 +10,7 @@ own backtest and the others still run.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,17 @@ from typing import Any
 import ccxt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from atlas_pipeline.config.errors import ConfigError
+from atlas_pipeline.config.errors import ConfigError, FieldError
 from atlas_pipeline.config.exchanges import ExchangesConfig
 from atlas_pipeline.config.loading import read_section, validation_error_to_config_error
 from atlas_pipeline.config.paths import config_dir
+from atlas_pipeline.research.sweep import OBJECTIVE_METRICS, Objective, SweepFilters, expand_grid
+from atlas_pipeline.research.walkforward import WalkForwardPlan
 
 BACKTESTS_FILE = "backtests.yaml"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+MAX_CANDIDATES = 1_000
+"""A grid larger than this is almost surely a typo (and hours of compute per market)."""
 
 
 class Period(BaseModel):
@@ -54,6 +59,98 @@ class Fees(BaseModel):
     taker: float | None = Field(default=None, ge=0, lt=0.1)
 
 
+class GridRange(BaseModel):
+    """``{start, stop, step}``: start, start + step, ... up to and including stop."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: int | float
+    stop: int | float
+    step: int | float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GridRange:
+        if self.stop < self.start:
+            raise ValueError(f"stop {self.stop} is below start {self.start}")
+        if (self.stop - self.start) / self.step >= MAX_CANDIDATES:
+            raise ValueError(f"gives more than {MAX_CANDIDATES} values; raise step")
+        return self
+
+    def values(self) -> list[int | float]:
+        count = math.floor((self.stop - self.start) / self.step + 1e-9) + 1
+        if all(isinstance(v, int) for v in (self.start, self.stop, self.step)):
+            return [self.start + i * self.step for i in range(count)]
+        return [round(self.start + i * self.step, 10) for i in range(count)]
+
+
+class ObjectiveSettings(BaseModel):
+    """What a sweep maximizes (or minimizes): a metric name, or ``{metric, maximize}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = "sharpe"
+    maximize: bool | None = None
+    """Default: maximize, except drawdown, drawdown duration and volatility."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"metric": value} if isinstance(value, str) else value
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in OBJECTIVE_METRICS:
+            raise ValueError(f"unknown metric; one of {', '.join(OBJECTIVE_METRICS)} (docs/metrics.md)")
+        return value
+
+
+class FilterSettings(BaseModel):
+    """Candidates a sweep rejects before choosing: too few trades to mean anything, or too deep a
+    drawdown to live with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_trades: int = Field(default=0, ge=0)
+    max_drawdown: float | None = Field(default=None, gt=0, le=1)
+
+
+class WalkForwardSettings(BaseModel):
+    """Windows in whole UTC days: optimize on train, test the winner on the following test days."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_days: int = Field(gt=0)
+    test_days: int = Field(gt=0)
+    step_days: int | None = Field(default=None, gt=0)
+    """Default: test_days (test windows follow each other with no gap)."""
+    anchored: bool = False
+    """True: every train window starts at the period start (expanding); False: rolling."""
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> WalkForwardSettings:
+        if self.step_days is not None and self.step_days < self.test_days:
+            raise ValueError(
+                f"step_days {self.step_days} < test_days {self.test_days}: test windows would overlap, "
+                "and the out-of-sample equity is stitched from non-overlapping ones"
+            )
+        return self
+
+
+def _grid_values(name: str, value: Any) -> list[Any] | GridRange:
+    """One grid entry: a non-empty list, or a ``{start, stop, step}`` range (errors name the param)."""
+    if isinstance(value, dict):
+        try:
+            return GridRange(**value)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in (name, *first["loc"]))
+            raise FieldError(f"grid.{where}", value, first["msg"].removeprefix("Value error, ")) from None
+    if isinstance(value, list) and value:
+        return value
+    raise FieldError(f"grid.{name}", value, "needs a non-empty list of values or a range {start, stop, step}")
+
+
 class BacktestSettings(BaseModel):
     """One named backtest: a strategy with params on one exchange's candles."""
 
@@ -71,6 +168,13 @@ class BacktestSettings(BaseModel):
     sizing: Sizing = Field(default_factory=Sizing)
     fees: Fees = Field(default_factory=Fees)
     slippage: float = Field(default=0.0, ge=0, lt=0.1)
+    grid: dict[str, Any] | None = None
+    """Swept params: a list of values or a range each; the backtest then runs every combination
+    and keeps the one the objective ranks first among those passing the filters."""
+    objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
+    filters: FilterSettings = Field(default_factory=FilterSettings)
+    walk_forward: WalkForwardSettings | None = None
+    """Also build ``walkforward/<name>``: the grid optimized per train window, tested out of sample."""
 
     @field_validator("name")
     @classmethod
@@ -78,6 +182,11 @@ class BacktestSettings(BaseModel):
         if not _NAME.match(value):
             raise ValueError("must be lower_snake_case (it becomes the asset keys backtest/<name>, metrics/<name>)")
         return value
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, value: dict[str, Any] | None) -> dict[str, list[Any] | GridRange] | None:
+        return None if value is None else {name: _grid_values(name, values) for name, values in value.items()}
 
     @field_validator("strategy")
     @classmethod
@@ -92,6 +201,45 @@ class BacktestSettings(BaseModel):
         if len(set(values)) != len(values):
             raise ValueError("lists a market twice")
         return values
+
+    @model_validator(mode="after")
+    def _sweep_settings(self) -> BacktestSettings:
+        if self.grid is None:
+            for key in ("walk_forward", "objective", "filters"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key} needs a grid of params to sweep")
+            return self
+        if not self.grid:
+            raise ValueError("grid is empty: give at least one param with its values")
+        fixed = sorted(set(self.grid) & set(self.params))
+        if fixed:
+            raise ValueError(f"param {fixed[0]!r} is both fixed in params and swept in grid")
+        size = math.prod(len(self.grid_values(name)) for name in self.grid)
+        if size > MAX_CANDIDATES:
+            raise ValueError(f"grid has {size:,} combinations; at most {MAX_CANDIDATES:,}")
+        return self
+
+    def grid_values(self, name: str) -> list[Any]:
+        values = (self.grid or {})[name]
+        return values.values() if isinstance(values, GridRange) else list(values)
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """Every param combination of the grid (first param slowest); [] without a grid."""
+        if self.grid is None:
+            return []
+        return expand_grid({name: self.grid_values(name) for name in self.grid})
+
+    def sweep_objective(self) -> Objective:
+        return Objective(self.objective.metric, self.objective.maximize)
+
+    def sweep_filters(self) -> SweepFilters:
+        return SweepFilters(self.filters.min_trades, self.filters.max_drawdown)
+
+    def walk_forward_plan(self) -> WalkForwardPlan | None:
+        if self.walk_forward is None:
+            return None
+        wf = self.walk_forward
+        return WalkForwardPlan(wf.train_days, wf.test_days, wf.step_days, wf.anchored)
 
     def taker_fee(self) -> float:
         """Commission per fill: every order Atlas sends is a market order, which pays taker."""

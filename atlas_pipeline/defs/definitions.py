@@ -13,7 +13,7 @@ from atlas_pipeline.defs.exchange_metadata import build_exchange_metadata_assets
 from atlas_pipeline.defs.market_data.assets import build_ohlcv_asset
 from atlas_pipeline.defs.market_data.schedules import ohlcv_job, ohlcv_schedules
 from atlas_pipeline.defs.research.automation import research_automation_sensor
-from atlas_pipeline.defs.research.assets import build_backtest_assets, build_leaderboard_asset
+from atlas_pipeline.defs.research.assets import build_backtest_assets, build_leaderboard_asset, build_walkforward_asset
 from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.exchange_metadata import metadata_path
 
@@ -33,6 +33,8 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         schedules.extend(ohlcv_schedules(settings, job))
     for backtest in backtests.backtests.values():
         assets.extend(build_backtest_assets(backtest, exchanges.get(backtest.exchange)))
+        if backtest.walk_forward is not None:
+            assets.append(build_walkforward_asset(backtest, exchanges.get(backtest.exchange)))
     assets.extend(build_exchange_metadata_assets(list(exchanges.exchanges.values()), metadata_file))
     if backtests.backtests:
         assets.append(build_leaderboard_asset(list(backtests.backtests.values())))

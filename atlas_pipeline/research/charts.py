@@ -131,3 +131,40 @@ def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
     return buffer.getvalue()
+
+
+def walkforward_chart(result, title: str) -> bytes:
+    """Stitched out-of-sample equity with each test window shaded (alternating) on top; below it,
+    per window, the winner's in-sample vs out-of-sample objective, so decay is visible at a glance.
+
+    ``result`` is a ``research.walkforward.WalkForwardResult`` (not imported: walkforward imports
+    the sweep pool, which charts does not need)."""
+    windows = result.windows
+    metric = result.objective.metric
+    figure = Figure(figsize=(WIDTH_INCHES, 7.5), dpi=DPI, layout="constrained")
+    top, bottom = figure.subplots(2, 1, height_ratios=[3, 2])
+    for i, row in enumerate(windows.itertuples()):
+        top.axvspan(_times(pd.DatetimeIndex([row.test_start]))[0], _times(pd.DatetimeIndex([row.test_end]))[0],
+                    color="#dddddd" if i % 2 else "#f2f2f2", linewidth=0, zorder=0)
+    equity = result.oos_equity["equity"]
+    if len(equity.dropna()):
+        _line(top, equity.astype(float), "out-of-sample equity (stitched)", NEUTRAL, 1.2)
+        top.legend(loc="upper left")
+    else:
+        top.text(0.5, 0.5, "no out-of-sample bars", transform=top.transAxes, ha="center")
+    top.set_title(f"{title}: {len(windows)} walk-forward windows (test windows shaded)")
+    top.set_ylabel("equity (quote currency)")
+    top.set_xlabel("time (UTC)")
+    top.grid(alpha=0.3)
+    positions = windows["index"].to_numpy()
+    for offset, column, label, color in ((-0.2, "is_objective", "in-sample", "#7f7f7f"),
+                                         (0.2, "oos_objective", "out-of-sample", NEUTRAL)):
+        values = windows[column].astype(float).replace([np.inf, -np.inf], np.nan).to_numpy()
+        bottom.bar(positions + offset, np.nan_to_num(values), width=0.4, label=label, color=color)
+    bottom.axhline(0, color="black", linewidth=0.6)
+    bottom.set_xticks(positions)
+    bottom.set_xlabel("window (n/a values drawn as 0)")
+    bottom.set_ylabel(metric)
+    bottom.legend(loc="upper left")
+    bottom.grid(alpha=0.3, axis="y")
+    return _png(figure)

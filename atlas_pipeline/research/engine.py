@@ -59,6 +59,7 @@ import pandas as pd
 from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, timeframe_ms
 from atlas_pipeline.market_data.store import CandleStore, TimeLike
 from atlas_pipeline.research.results import EQUITY_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS, BacktestResult
+from atlas_pipeline.research.strategy_base import FLAT, LONG, SHORT, AtlasStrategy
 from atlas_pipeline.research.strategy_loader import (
     StrategyError,
     load_strategy,
@@ -68,7 +69,15 @@ from atlas_pipeline.research.strategy_loader import (
     validate_params,
 )
 
-__all__ = ["BacktestSpec", "StrategyError", "run_backtest", "run_backtest_from_store"]
+__all__ = [
+    "BacktestSpec",
+    "StrategyError",
+    "TooFewCandlesError",
+    "run_backtest",
+    "run_backtest_from_store",
+    "run_backtest_with_signals",
+    "stored_candles",
+]
 
 _EPOCH_ORDINAL = 719_163.0
 """``bt.date2num`` of 1970-01-01 (days since 0001-01-01, plus one)."""
@@ -212,20 +221,30 @@ def bt_timeframe(timeframe: str) -> tuple[int, int]:
     return bt.TimeFrame.Seconds, ms // 1_000
 
 
+class TooFewCandlesError(ValueError):
+    """The candles are fewer than the strategy's warm-up (a ``ValueError``, as it always was)."""
+
+
 class _TooFewCandles(Exception):
     def __init__(self, candles: int, warmup: int) -> None:
         super().__init__(candles, warmup)
         self.candles, self.warmup = candles, warmup
 
 
-def _with_hooks(cls: type[bt.Strategy]) -> type[bt.Strategy]:
+def _with_hooks(cls: type[bt.Strategy], record_targets: bool = False) -> type[bt.Strategy]:
     """The user's class plus a note of the bar of its first ``next`` (the end of warm-up), and a
     clear error instead of backtrader's IndexError when the candles are fewer than the warm-up
-    (``runonce`` indexes past the end then)."""
+    (``runonce`` indexes past the end then).
+
+    With ``record_targets`` (``AtlasStrategy`` only) it also notes, in ``_atlas_targets``, the
+    target after each bar's ``next``/``nextstart``, keyed by bar; off, nothing runs per bar.
+    """
 
     def nextstart(self: bt.Strategy) -> None:
         self._atlas_first_bar = len(self) - 1
         cls.nextstart(self)
+        if record_targets:
+            self._atlas_targets[len(self) - 1] = self._atlas_target
 
     def _once(self: bt.Strategy) -> None:
         if self._minperiod > self.data.buflen():
@@ -233,6 +252,17 @@ def _with_hooks(cls: type[bt.Strategy]) -> type[bt.Strategy]:
         cls._once(self)
 
     hooks = {"nextstart": nextstart, "_once": _once, "__module__": cls.__module__}
+    if record_targets:
+
+        def next(self: bt.Strategy) -> None:
+            cls.next(self)
+            self._atlas_targets[len(self) - 1] = self._atlas_target
+
+        def start(self: bt.Strategy) -> None:
+            self._atlas_targets = {}
+            cls.start(self)
+
+        hooks.update(next=next, start=start)
     return type(cls.__name__, (cls,), hooks)
 
 
@@ -243,11 +273,45 @@ def run_backtest(
     strategies_dir: Path | None = None,
 ) -> BacktestResult:
     """Backtest ``spec`` on a candle frame (one market, sorted, one row per timestamp)."""
+    return _run(candles, spec, timeframe, strategies_dir, record_signals=False)[0]
+
+
+def run_backtest_with_signals(
+    candles: pd.DataFrame,
+    spec: BacktestSpec,
+    timeframe: str,
+    strategies_dir: Path | None = None,
+) -> tuple[BacktestResult, pd.Series]:
+    """``run_backtest`` plus the strategy's signal on every bar after warm-up (for bias checks).
+
+    The signal of a bar is what the strategy decided on it: for an ``AtlasStrategy`` its target
+    after that bar's ``next`` (``"LONG"``, ``"FLAT"``, ``"SHORT"``); for a plain backtrader
+    strategy the sides of the orders it created on that bar, in order, joined by ``+``
+    (``"buy"``, ``"sell+buy"``; ``""`` for none). A str Series indexed like ``result.equity``.
+    Recording changes nothing in the result; it costs one dict write per bar.
+    """
+    result, signals = _run(candles, spec, timeframe, strategies_dir, record_signals=True)
+    assert signals is not None
+    return result, signals
+
+
+_TARGET_NAMES = {LONG: "LONG", FLAT: "FLAT", SHORT: "SHORT"}
+
+
+def _run(
+    candles: pd.DataFrame,
+    spec: BacktestSpec,
+    timeframe: str,
+    strategies_dir: Path | None,
+    record_signals: bool,
+) -> tuple[BacktestResult, pd.Series | None]:
+    """One run; the signals (else None) only when asked, so the default path adds nothing per bar."""
     cls = load_strategy(spec.strategy, strategies_dir)
     params = validate_params(spec.strategy, cls, spec.params)
     _check_candles(candles, spec.strategy)
     candles = candles.reset_index(drop=True)
     tf, compression = bt_timeframe(timeframe)
+    atlas = issubclass(cls, AtlasStrategy)
 
     cerebro = bt.Cerebro(**CEREBRO_OPTIONS)
     broker = RecordingBroker()
@@ -264,13 +328,13 @@ def run_backtest(
         slippage=spec.slippage,
         cushion=spec.cushion,
     )
-    cerebro.addstrategy(_with_hooks(cls), **params)
+    cerebro.addstrategy(_with_hooks(cls, record_targets=record_signals and atlas), **params)
     try:
         (strategy,) = cerebro.run()
         if not hasattr(strategy, "_atlas_first_bar"):  # never decided (runonce=False)
             raise _TooFewCandles(len(candles), strategy._minperiod - 1)
     except _TooFewCandles as short:
-        raise ValueError(
+        raise TooFewCandlesError(
             f"{short.candles} candles are too few for strategy {spec.strategy!r}: its indicators need "
             f"{short.warmup} bars of warm-up before the first decision"
         ) from None
@@ -278,7 +342,18 @@ def run_backtest(
         raise strategy_failure(spec.strategy, strategy_file(spec.strategy, strategies_dir), error, "raised") from error
 
     effective = {**strategy_params(cls), **params}
-    return _result(candles, spec, timeframe, effective, broker, strategy, strategy._atlas_first_bar)
+    result = _result(candles, spec, timeframe, effective, broker, strategy, strategy._atlas_first_bar)
+    if not record_signals:
+        return result, None
+    bars = range(strategy._atlas_first_bar, len(candles))
+    if atlas:
+        values = [_TARGET_NAMES[strategy._atlas_targets[bar]] for bar in bars]
+    else:
+        sides: dict[int, list[str]] = {}
+        for order in broker.sent.values():  # in sending order
+            sides.setdefault(order.plen - 1, []).append("buy" if order.isbuy() else "sell")
+        values = ["+".join(sides.get(bar, ())) for bar in bars]
+    return result, pd.Series(values, index=result.equity.index, name="signal", dtype=object)
 
 
 def _check_candles(candles: pd.DataFrame, strategy: str) -> None:
@@ -295,6 +370,19 @@ def _check_candles(candles: pd.DataFrame, strategy: str) -> None:
         raise ValueError("candle timestamps must be strictly increasing (sorted, one row per bar)")
 
 
+def stored_candles(
+    store: CandleStore, exchange: str, symbol: str, timeframe: str, start: TimeLike | None, end: TimeLike | None
+) -> pd.DataFrame:
+    """Stored candles with open time in ``[start, end)``; none at all is an error saying what to fetch."""
+    candles = store.read(exchange, symbol, timeframe, start, end)
+    if candles.empty:
+        raise ValueError(
+            f"no stored {exchange} {symbol} {timeframe} candles from {start} to {end or 'the newest'}: "
+            f"materialize ohlcv/{exchange}/{timeframe} for {symbol} first (UI, or `atlas fetch`)"
+        )
+    return candles
+
+
 def run_backtest_from_store(
     store: CandleStore,
     exchange: str,
@@ -306,13 +394,7 @@ def run_backtest_from_store(
     strategies_dir: Path | None = None,
 ) -> BacktestResult:
     """``run_backtest`` on the stored candles with open time in ``[start, end)``."""
-    candles = store.read(exchange, symbol, timeframe, start, end)
-    if candles.empty:
-        raise ValueError(
-            f"no stored {exchange} {symbol} {timeframe} candles from {start} to {end or 'the newest'}: "
-            f"materialize ohlcv/{exchange}/{timeframe} for {symbol} first (UI, or `atlas fetch`)"
-        )
-    return run_backtest(candles, spec, timeframe, strategies_dir)
+    return run_backtest(stored_candles(store, exchange, symbol, timeframe, start, end), spec, timeframe, strategies_dir)
 
 
 def _times(ms: np.ndarray) -> pd.DatetimeIndex:

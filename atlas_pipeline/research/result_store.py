@@ -4,6 +4,12 @@
 - ``trades.parquet``, ``orders.parquet``: closed trades and every order
 - ``result.json``: warm-up bars and the parameters the run used
 - ``metrics.json`` and ``charts/<name>.png``: written by the metrics step
+- ``sweep.parquet``: every candidate of a swept backtest, its metrics and why it was rejected
+
+Walk-forward results live in ``<root>/walkforward/<name>/<SYMBOL-KEY>/``: ``windows.parquet`` (per
+window: bounds, winner, in- and out-of-sample metrics), ``oos_equity.parquet`` (the stitched
+out-of-sample equity), ``sweeps.parquet`` (every window's candidates), ``summary.json`` and
+``charts/walkforward.png``.
 
 Every file is written to a temp name beside it and renamed, so readers (the metrics step, the
 leaderboard, a notebook) never see half a result. The root is the candle store's root, so one
@@ -23,6 +29,7 @@ import pandas as pd
 from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.market_data.store import replace_file
 from atlas_pipeline.research.results import EQUITY_COLUMNS, BacktestResult
+from atlas_pipeline.research.walkforward import WalkForwardResult
 
 
 class ResultStore:
@@ -83,6 +90,30 @@ class ResultStore:
 
     def _chart_path(self, name: str, symbol: str, chart: str) -> str:
         return f"{self.folder(name, symbol)}/charts/{chart}.png"
+
+    def save_sweep(self, name: str, symbol: str, table: pd.DataFrame) -> str:
+        path = f"{self.folder(name, symbol)}/sweep.parquet"
+        self._write(path, _parquet(table))
+        return path
+
+    def walkforward_folder(self, name: str, symbol: str) -> str:
+        return f"{self.root}/walkforward/{name}/{symbol_key(symbol)}"
+
+    def save_walk_forward(self, name: str, symbol: str, result: WalkForwardResult, chart: bytes) -> str:
+        folder = self.walkforward_folder(name, symbol)
+        sweeps = pd.concat(
+            [sweep.table.assign(window=index) for index, sweep in enumerate(result.sweeps)], ignore_index=True
+        )
+        self._write(f"{folder}/windows.parquet", _parquet(result.windows))
+        self._write(f"{folder}/oos_equity.parquet", _parquet(result.oos_equity))
+        self._write(f"{folder}/sweeps.parquet", _parquet(sweeps))
+        self._write(f"{folder}/summary.json", json.dumps(dict(result.summary), indent=2, default=_json_value).encode())
+        self._write(f"{folder}/charts/walkforward.png", chart)
+        return folder
+
+    def load_walk_forward_summary(self, name: str, symbol: str) -> dict[str, Any] | None:
+        path = f"{self.walkforward_folder(name, symbol)}/summary.json"
+        return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
 
     def save_leaderboard(self, table: pd.DataFrame) -> str:
         path = f"{self.root}/backtests/leaderboard.csv"

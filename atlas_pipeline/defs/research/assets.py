@@ -1,11 +1,15 @@
-"""``backtest/<name>`` -> ``metrics/<name>`` -> ``leaderboard``, on top of the OHLCV assets.
+"""``backtest/<name>`` -> ``metrics/<name>`` -> ``leaderboard``, and ``walkforward/<name>``, on top
+of the OHLCV assets.
 
-A backtest partition is one market; it depends on every day of that market's candles through
-``MultiToSingleDimensionPartitionMapping``, so the UI shows the lineage and the automation
-condition reruns exactly the markets whose candles changed.
+A backtest or walk-forward partition is one market; it depends on every day of that market's
+candles through ``MultiToSingleDimensionPartitionMapping``, so the UI shows the lineage and the
+automation condition reruns exactly the markets whose candles changed. Each backtest carries the
+blocking ``lookahead_bias`` check: a strategy that reads future candles gets no metrics.
 """
 
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import dagster as dg
 
@@ -19,10 +23,20 @@ from atlas_pipeline.research.charts import png_markdown
 from atlas_pipeline.research.engine import StrategyError
 from atlas_pipeline.research.metrics import metrics_table_markdown
 from atlas_pipeline.research.result_store import ResultStore
-from atlas_pipeline.research_runs import compute_backtest_metrics, leaderboard, leaderboard_markdown, run_backtest
+from atlas_pipeline.research.sweep import SweepResult
+from atlas_pipeline.research_runs import (
+    BacktestRun,
+    compute_backtest_metrics,
+    leaderboard,
+    leaderboard_markdown,
+    run_backtest,
+    run_walk_forward,
+    table_markdown,
+)
 
 RESEARCH_GROUP = "research"
 LEADERBOARD_KEY = dg.AssetKey("leaderboard")
+LOOKAHEAD_CHECK = "lookahead_bias"
 
 
 def backtest_asset_key(name: str) -> dg.AssetKey:
@@ -31,6 +45,18 @@ def backtest_asset_key(name: str) -> dg.AssetKey:
 
 def metrics_asset_key(name: str) -> dg.AssetKey:
     return dg.AssetKey(["metrics", name])
+
+
+def walkforward_asset_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["walkforward", name])
+
+
+def _candles_dep(settings: BacktestSettings) -> dg.AssetDep:
+    """Every day of one market's candles -> that market's partition."""
+    return dg.AssetDep(
+        ohlcv_asset_key(settings.exchange, settings.timeframe),
+        partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL),
+    )
 
 
 def build_backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> list[dg.AssetsDefinition]:
@@ -49,35 +75,38 @@ def build_backtest_assets(settings: BacktestSettings, source: ExchangeSettings) 
 def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> list[dg.AssetsDefinition]:
     partitions = ohlcv_partitions(source).get_partitions_def_for_dimension(SYMBOL)
     symbols = symbols_by_key(source)
-    candles = ohlcv_asset_key(settings.exchange, settings.timeframe)
+    key = backtest_asset_key(settings.name)
+    swept = f", sweeping {settings.grid} by {settings.objective.metric}" if settings.grid else ""
 
     @dg.asset(
-        key=backtest_asset_key(settings.name),
+        key=key,
         partitions_def=partitions,
-        deps=[
-            dg.AssetDep(
-                candles,
-                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL),
+        deps=[_candles_dep(settings)],
+        check_specs=[
+            dg.AssetCheckSpec(
+                LOOKAHEAD_CHECK,
+                asset=key,
+                blocking=True,
+                description=(
+                    "Reruns the strategy on truncated histories; fails if any signal changes when later "
+                    "candles are removed (the strategy reads the future)."
+                ),
             )
         ],
         automation_condition=rerun_when_upstream_updated(),
         group_name=RESEARCH_GROUP,
         kinds={"backtrader", "parquet"},
         description=(
-            f"Strategy {settings.strategy} {dict(settings.params)} on {settings.exchange} {settings.timeframe} "
-            f"candles from {settings.period.start}: trades, orders and equity curve per market."
+            f"Strategy {settings.strategy} {dict(settings.params)}{swept} on {settings.exchange} "
+            f"{settings.timeframe} candles from {settings.period.start}: trades, orders and equity curve per market."
         ),
         metadata={"strategy": settings.strategy, "params": str(dict(settings.params))},
     )
     def backtest(context: dg.AssetExecutionContext, candle_store: CandleStoreResource) -> dg.MaterializeResult:
         symbol = symbols[context.partition_key]
-        store = candle_store.get_store()
-        try:
-            run = run_backtest(settings, symbol, store, ResultStore(store.root))
-        except StrategyError as error:
-            raise dg.Failure(description=f"backtest {settings.name} {symbol}: {error}", allow_retries=False) from error
+        run = _run_for_market(run_backtest, settings, symbol, context, candle_store)
         result = run.result
-        context.log.info(f"{settings.name} {symbol}: {result.bars:,} bars, {len(result.trades)} trades")
+        context.log.info(f"{settings.name} {symbol}: {result.bars:,} bars, {len(result.trades)} trades; {run.lookahead.message}")
         return dg.MaterializeResult(
             metadata={
                 "bars": result.bars,
@@ -89,8 +118,10 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
                 "last_bar": str(result.equity.index[-1]) if result.bars else "",
                 "commission": settings.taker_fee(),
                 "results": dg.MetadataValue.path(run.folder),
+                **(_sweep_metadata(run.sweep, run) if run.sweep is not None else {}),
                 **{f"seconds_{stage}": round(value, 3) for stage, value in run.seconds.items()},
-            }
+            },
+            check_results=[_lookahead_check_result(run)],
         )
 
     @dg.asset(
@@ -123,6 +154,103 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
         )
 
     return [backtest, metrics]
+
+
+R = TypeVar("R")
+
+
+def _run_for_market(
+    run: Callable[..., R],
+    settings: BacktestSettings,
+    symbol: str,
+    context: dg.AssetExecutionContext,
+    candle_store: CandleStoreResource,
+) -> R:
+    """A ``research_runs`` function on one market, logging progress to the run; an error in the
+    strategy's own code fails the step without retries (rerunning the same code fails the same)."""
+    store = candle_store.get_store()
+    try:
+        return run(settings, symbol, store, ResultStore(store.root), log=context.log.info)
+    except StrategyError as error:
+        raise dg.Failure(description=f"{context.asset_key.to_user_string()} {symbol}: {error}", allow_retries=False) from error
+
+
+def _sweep_metadata(sweep: SweepResult, run: BacktestRun) -> dict[str, object]:
+    shown = [c for c in sweep.table.columns if c.startswith("param_")] + [
+        "objective", "trade_count", "max_drawdown", "total_return", "rejected", "chosen",
+    ]
+    table = sweep.table.sort_values("objective", ascending=not sweep.objective.higher_is_better, na_position="last")
+    return {
+        "chosen_params": str({k: v for k, v in run.spec.params.items() if f"param_{k}" in sweep.table}),
+        "objective": sweep.objective.metric,
+        "candidates": len(sweep.table),
+        "candidates_passed": int(sweep.table["passed"].sum()),
+        "sweep": dg.MetadataValue.md(table_markdown(table.loc[:, shown].head(50))),
+    }
+
+
+def _lookahead_check_result(run: BacktestRun) -> dg.AssetCheckResult:
+    report = run.lookahead
+    return dg.AssetCheckResult(
+        check_name=LOOKAHEAD_CHECK,
+        passed=not report.biased,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=report.message,
+        metadata={
+            "truncated_reruns": report.cuts,
+            "bars_checked": report.bars_checked,
+            "changed_signals": len(report.differences),
+            "first_changes": dg.MetadataValue.md(table_markdown(report.differences.head(10), empty="none")),
+            "seconds": round(report.seconds, 3),
+        },
+    )
+
+
+def build_walkforward_asset(settings: BacktestSettings, source: ExchangeSettings) -> dg.AssetsDefinition:
+    """``walkforward/<name>``: the grid optimized on each train window, its winner tested on the next."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # MultiToSingleDimensionPartitionMapping, as above
+        return _walkforward_asset(settings, source)
+
+
+def _walkforward_asset(settings: BacktestSettings, source: ExchangeSettings) -> dg.AssetsDefinition:
+    partitions = ohlcv_partitions(source).get_partitions_def_for_dimension(SYMBOL)
+    symbols = symbols_by_key(source)
+    plan = settings.walk_forward
+
+    @dg.asset(
+        key=walkforward_asset_key(settings.name),
+        partitions_def=partitions,
+        deps=[_candles_dep(settings)],
+        automation_condition=rerun_when_upstream_updated(),
+        group_name=RESEARCH_GROUP,
+        kinds={"backtrader", "parquet"},
+        description=(
+            f"Walk-forward of {settings.strategy} over {settings.grid} by {settings.objective.metric}: "
+            f"{'anchored' if plan.anchored else 'rolling'} {plan.train_days}-day train, {plan.test_days}-day test "
+            "windows; stitched out-of-sample equity, in- vs out-of-sample metrics per window."
+        ),
+    )
+    def walkforward(context: dg.AssetExecutionContext, candle_store: CandleStoreResource) -> dg.MaterializeResult:
+        run = _run_for_market(run_walk_forward, settings, symbols[context.partition_key], context, candle_store)
+        summary = run.result.summary
+        numbers = {
+            key: dg.MetadataValue.float(float(value))
+            for key, value in summary.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+        return dg.MaterializeResult(
+            metadata={
+                **numbers,
+                "latest_params": str(summary.get("latest_params")),
+                "windows_table": dg.MetadataValue.md(table_markdown(run.result.windows)),
+                "walkforward_chart": dg.MetadataValue.md(png_markdown(run.chart, "walk-forward out-of-sample equity")),
+                "results": dg.MetadataValue.path(run.folder),
+                **{f"seconds_{stage}": round(value, 3) for stage, value in run.seconds.items()},
+            }
+        )
+
+    return walkforward
 
 
 def build_leaderboard_asset(backtests: list[BacktestSettings]) -> dg.AssetsDefinition:

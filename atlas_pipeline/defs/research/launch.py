@@ -1,4 +1,5 @@
-"""Materialize configured backtests in-process: backtest and metrics per market, then the leaderboard.
+"""Materialize configured backtests in-process: backtest and metrics (and walk-forward, when
+configured) per market, then the leaderboard.
 
 Used by the demo so its results show up in the Dagster UI with their lineage, exactly as if they had
 been materialized there.
@@ -10,7 +11,12 @@ import dagster as dg
 
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.defs.run_results import LaunchedRun
-from atlas_pipeline.defs.research.assets import LEADERBOARD_KEY, backtest_asset_key, metrics_asset_key
+from atlas_pipeline.defs.research.assets import (
+    LEADERBOARD_KEY,
+    backtest_asset_key,
+    metrics_asset_key,
+    walkforward_asset_key,
+)
 from atlas_pipeline.market_data.candles import symbol_key
 
 
@@ -26,7 +32,9 @@ def materialize_backtests(
     """
     runs = []
     for settings in backtests:
-        keys = (backtest_asset_key(settings.name), metrics_asset_key(settings.name))
+        keys = [backtest_asset_key(settings.name), metrics_asset_key(settings.name)]
+        if settings.walk_forward is not None:
+            keys.append(walkforward_asset_key(settings.name))
         assets = [defs.resolve_assets_def(key) for key in keys]
         for symbol in symbols or settings.symbols:
             result = dg.materialize(assets, instance=instance, partition_key=symbol_key(symbol), raise_on_error=False)
