@@ -168,7 +168,7 @@ def run_walk_forward(
             pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), plan, progress=log
         )
     ran = time.perf_counter()
-    chart = walkforward_chart(result, f"walk-forward {settings.name} {symbol} {settings.timeframe}")
+    chart = walkforward_chart(result, f"{settings.name} {symbol} {settings.timeframe}")
     drawn = time.perf_counter()
     folder = results.save_walk_forward(settings.name, symbol, result, chart)
     seconds = {"walk_forward": ran - started, "chart": drawn - ran, "save": time.perf_counter() - drawn}

@@ -26,6 +26,7 @@ from atlas_pipeline.research.engine import (
     bt_timeframe,
     run_backtest,
     run_backtest_from_store,
+    run_backtest_with_signals,
 )
 from atlas_pipeline.research.results import EQUITY_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS
 from atlas_pipeline_tests.support import needs_shared_candles, shared_candles
@@ -76,14 +77,17 @@ class Reference:
 
 
 def reference_sma_crossover(
-    candles: pd.DataFrame, fast: int, slow: int, allow_short: bool, spec: BacktestSpec
+    candles: pd.DataFrame, fast: int, slow: int, allow_short: bool, spec: BacktestSpec, trade_from: int = 0
 ) -> Reference:
+    """``trade_from`` (a bar index): decisions before it are ignored, equity starts at it (or at
+    the first decision bar, whichever is later)."""
     open_, close = candles["open"].to_numpy(), candles["close"].to_numpy()
     n, c, s = len(close), spec.commission, spec.slippage
     signal = crossings(sma(close, fast), sma(close, slow), slow)
     cash, pos = spec.cash, 0.0
     orders: list[float] = []  # signed sizes waiting for the next open
-    ref = Reference(equity=np.empty(n - slow))
+    start = max(slow, trade_from)
+    ref = Reference(equity=np.empty(n - start))
     entry: dict | None = None
     for t in range(slow, n):
         for size in orders:  # fills at this bar's open
@@ -110,10 +114,11 @@ def reference_sma_crossover(
             else:
                 entry = ref.fills[-1]
         orders = []
-        ref.equity[t - slow] = cash + pos * close[t]
+        if t >= start:
+            ref.equity[t - start] = cash + pos * close[t]
         want = {1: 1, -1: -1 if allow_short else 0}.get(int(signal[t]))
         held = int(np.sign(pos))
-        if want is None or want == held or t == n - 1:
+        if want is None or want == held or t == n - 1 or t < trade_from:
             continue
         if held:
             orders.append(-pos)
@@ -129,12 +134,17 @@ def reference_sma_crossover(
 # ---- comparing ---------------------------------------------------------------------------------
 
 
-def assert_matches_reference(candles: pd.DataFrame, fast: int, slow: int, allow_short: bool, spec: BacktestSpec):
-    result = run_backtest(candles, spec, "5m")
-    ref = reference_sma_crossover(candles, fast, slow, allow_short, spec)
+def assert_matches_reference(
+    candles: pd.DataFrame, fast: int, slow: int, allow_short: bool, spec: BacktestSpec, trade_from: int | None = None
+):
+    """``trade_from`` (a bar index) runs the engine with that bar's open time as ``trade_from_ms``."""
+    trade_from_ms = None if trade_from is None else int(candles["timestamp"].iloc[trade_from])
+    result = run_backtest(candles, spec, "5m", trade_from_ms=trade_from_ms)
+    ref = reference_sma_crossover(candles, fast, slow, allow_short, spec, trade_from or 0)
     times = pd.to_datetime(candles["timestamp"], unit="ms", utc=True)
 
-    assert result.warmup_bars == slow
+    assert result.warmup_bars == max(slow, trade_from or 0)
+    assert result.equity.index[0] == times[result.warmup_bars]
     np.testing.assert_allclose(result.equity["equity"].to_numpy(), ref.equity, rtol=REL, atol=0)
     assert result.equity["equity"].iloc[-1] == pytest.approx(ref.equity[-1], rel=REL)
 
@@ -210,6 +220,140 @@ def test_sma_crossover_equals_numpy_on_synthetic_candles_all_in(allow_short):
 def test_defaults_equal_numpy(eth_btc):
     """The shipped defaults (fast 20, slow 50, fraction 1, 0.1 % fees, no slippage)."""
     assert_matches_reference(eth_btc, 20, 50, False, BacktestSpec("sma_crossover"))
+
+
+# ---- trade from ----------------------------------------------------------------------------------
+
+
+def bar_ms(candles: pd.DataFrame, bar: int) -> int:
+    return int(candles["timestamp"].iloc[bar])
+
+
+@pytest.mark.parametrize("allow_short", [False, True], ids=["long-only", "long-short"])
+@pytest.mark.parametrize("trade_from", [10, 30, 500, 2777])
+def test_trade_from_equals_numpy(eth_btc, allow_short, trade_from):
+    """The reference ignores every decision before the trade-from bar; 10 is inside the warm-up
+    (equity starts at the first decision bar, 30), 30 is the first decision bar."""
+    spec = BacktestSpec("sma_crossover", {"fast": 10, "slow": 30, "allow_short": allow_short}, fraction=0.9,
+                        slippage=0.0005)
+    result, _ = assert_matches_reference(eth_btc, 10, 30, allow_short, spec, trade_from)
+    start = pd.Timestamp(bar_ms(eth_btc, max(30, trade_from)), unit="ms", tz="UTC")
+    assert (result.orders["created_time"] >= start).all()
+    assert (result.trades["entry_time"] > start).all()
+    first = result.equity.iloc[0]
+    assert (first["equity"], first["cash"], first["position"]) == (spec.cash, spec.cash, 0.0)
+    assert result.bars + result.warmup_bars == len(eth_btc)
+    np.testing.assert_array_equal(result.close.to_numpy(), eth_btc["close"].to_numpy()[result.warmup_bars :])
+
+
+def held_bars(result, candles: pd.DataFrame) -> np.ndarray:
+    """Bar indices (in ``candles``) where ``result`` holds a position after the bar's fills."""
+    return result.warmup_bars + np.flatnonzero(result.equity["position"].to_numpy() != 0)
+
+
+def test_trade_from_against_the_full_history_run(eth_btc):
+    """Long-only SMA crossover: the trade-from run takes exactly the full run's trades that start
+    after the trade-from bar. Where the full run is flat there, every later number is the full
+    run's scaled by cash / its equity at that bar (sizes are a fraction of equity); where it is
+    long, the trade-from run stays flat through that trade (the rule: flat at trade-from, then the
+    next target() call, here the next upward cross) and enters with the full run's next entry."""
+    spec = BacktestSpec("sma_crossover", {"fast": 10, "slow": 30}, fraction=0.9, slippage=0.0005)
+    full = run_backtest(eth_btc, spec, "5m")
+    held = set(held_bars(full, eth_btc))
+    flat_at = next(b for b in range(1000, 2000) if b not in held and b - 1 not in held)
+    long_at = next(b for b in range(1000, 2000) if b in held and b - 1 in held)
+    times = pd.to_datetime(eth_btc["timestamp"], unit="ms", utc=True)
+    for bar in (flat_at, long_at):
+        part = run_backtest(eth_btc, spec, "5m", trade_from_ms=bar_ms(eth_btc, bar))
+        assert part.warmup_bars == bar and part.equity.index[0] == times[bar]
+        later = full.trades[full.trades["entry_time"] > times[bar]].reset_index(drop=True)
+        assert len(part.trades) == len(later) > 10
+        for column in ("entry_time", "exit_time", "side", "bars_held"):
+            assert list(part.trades[column]) == list(later[column]), column
+        for column in ("entry_price", "exit_price", "return_pct"):  # backtrader averages prices: ulps
+            np.testing.assert_allclose(part.trades[column], later[column], rtol=1e-9, err_msg=column)
+        sent = full.orders[full.orders["created_time"] >= times[bar]].reset_index(drop=True)
+        if bar == flat_at:
+            pd.testing.assert_frame_equal(part.orders[["created_time", "executed_time", "side", "price", "status"]],
+                                          sent[["created_time", "executed_time", "side", "price", "status"]])
+            scale = spec.cash / full.equity["equity"].loc[times[bar]]
+            np.testing.assert_allclose(part.equity["equity"], full.equity["equity"].loc[times[bar]:] * scale, rtol=1e-9)
+            np.testing.assert_allclose(part.orders["size"], sent["size"] * scale, rtol=1e-9)
+        else:
+            exit_time = full.trades[full.trades["entry_time"] <= times[bar]]["exit_time"].iloc[-1]
+            assert exit_time > times[bar]  # the full run's trade straddling the trade-from bar
+            assert (part.equity["position"].loc[:exit_time] == 0).all()
+            assert part.orders["created_time"].iloc[0] > exit_time
+            assert list(part.orders["created_time"]) == list(sent["created_time"].iloc[1:])  # all but its exit
+
+
+def test_trade_from_at_or_before_the_warm_up_changes_nothing(eth_btc):
+    spec = BacktestSpec("sma_crossover", {"fast": 10, "slow": 30, "allow_short": True}, fraction=0.9)
+    plain = run_backtest(eth_btc, spec, "5m")
+    for trade_from_ms in (0, bar_ms(eth_btc, 0), bar_ms(eth_btc, 29) + 1, bar_ms(eth_btc, 30)):
+        same = run_backtest(eth_btc, spec, "5m", trade_from_ms=trade_from_ms)
+        assert same.warmup_bars == plain.warmup_bars == 30
+        pd.testing.assert_frame_equal(same.equity, plain.equity, check_exact=True)
+        pd.testing.assert_frame_equal(same.orders, plain.orders, check_exact=True)
+        pd.testing.assert_frame_equal(same.trades, plain.trades, check_exact=True)
+
+
+def test_trade_from_between_candles_starts_at_the_next_one(eth_btc):
+    spec = BacktestSpec("sma_crossover", {"fast": 10, "slow": 30})
+    between = run_backtest(eth_btc, spec, "5m", trade_from_ms=bar_ms(eth_btc, 699) + 1)
+    on = run_backtest(eth_btc, spec, "5m", trade_from_ms=bar_ms(eth_btc, 700))
+    assert between.warmup_bars == on.warmup_bars == 700
+    pd.testing.assert_frame_equal(between.equity, on.equity, check_exact=True)
+    pd.testing.assert_frame_equal(between.orders, on.orders, check_exact=True)
+
+
+def test_trade_from_after_the_last_candle_is_refused(eth_btc):
+    spec = BacktestSpec("sma_crossover", {"fast": 10, "slow": 30})
+    last = bar_ms(eth_btc, -1)
+    with pytest.raises(ValueError, match=r"trade_from 2018-.* is after the last candle \(2018-.*\): no bar is left"):
+        run_backtest(eth_btc, spec, "5m", trade_from_ms=last + 1)
+    only_last = run_backtest(eth_btc, spec, "5m", trade_from_ms=last)  # one bar: marked, nothing sent
+    assert only_last.bars == 1 and only_last.orders.empty and only_last.equity["equity"].iloc[0] == spec.cash
+
+
+def test_trade_from_holds_back_plain_strategies_and_order_target(tmp_path, eth_btc):
+    """buy, sell, close and order_target_* all create nothing before the trade-from bar."""
+    write_strategy(
+        tmp_path,
+        "targeter",
+        """
+        import backtrader as bt
+
+
+        class Targeter(bt.Strategy):
+            def next(self):
+                bar = len(self) - 1
+                if bar in (5, 12):
+                    self.order_target_percent(target=0.5)
+                elif bar in (8, 20):
+                    self.close()
+                elif bar == 9:
+                    self.sell()
+        """,
+    )
+    spec = BacktestSpec("targeter")
+    everything = run_backtest(eth_btc, spec, "5m", strategies_dir=tmp_path)
+    times = pd.to_datetime(eth_btc["timestamp"], unit="ms", utc=True)
+    assert list(everything.orders["created_time"]) == [times[b] for b in (5, 8, 9, 12, 20)]
+    late = run_backtest(eth_btc, spec, "5m", strategies_dir=tmp_path, trade_from_ms=bar_ms(eth_btc, 10))
+    assert late.warmup_bars == 10
+    assert list(late.orders["created_time"]) == [times[12], times[20]]
+    assert list(late.orders["side"]) == ["buy", "sell"] and late.orders["status"].eq("completed").all()
+    # order_target_percent sizes itself (whole units of 50 % of the value at bar 12's close)
+    assert late.orders["size"].iloc[0] == math.floor(0.5 * 10_000 / eth_btc["close"].iloc[12])
+
+
+def test_trade_from_signals_start_with_the_equity(eth_btc):
+    spec = BacktestSpec("sma_crossover", {"fast": 10, "slow": 30})
+    result, signals = run_backtest_with_signals(eth_btc, spec, "5m", trade_from_ms=bar_ms(eth_btc, 400))
+    _, full_signals = run_backtest_with_signals(eth_btc, spec, "5m")
+    assert signals.index.equals(result.equity.index) and result.warmup_bars == 400
+    assert signals.equals(full_signals.loc[signals.index[0]:])  # the strategy's decisions do not change
 
 
 # ---- fees -------------------------------------------------------------------------------------

@@ -156,6 +156,22 @@ def test_range_is_half_open(candles):
     pd.testing.assert_frame_equal(outcome.result.equity, expected.equity, check_exact=True)
 
 
+def test_trade_from_is_passed_to_the_engine(candles):
+    stamps = candles["timestamp"]
+    params = {"fast": 5, "slow": 10}
+    job = BacktestJob(params, int(stamps[100]), int(stamps[400]), trade_from_ms=int(stamps[250]))
+    with BacktestPool(candles, SPEC, "5m", workers=1) as pool:
+        (outcome,) = pool.run([job], keep_results=True)
+        (bad,) = pool.run([BacktestJob(params, int(stamps[100]), int(stamps[400]), trade_from_ms=int(stamps[400]))])
+    expected = run_backtest(candles.iloc[100:400], BacktestSpec("sma_crossover", params), "5m",
+                            trade_from_ms=int(stamps[250]))
+    assert outcome.result.warmup_bars == 150
+    pd.testing.assert_frame_equal(outcome.result.equity, expected.equity, check_exact=True)
+    pd.testing.assert_frame_equal(outcome.result.orders, expected.orders, check_exact=True)
+    assert outcome.metrics["final_equity"] == expected.equity["equity"].iloc[-1]
+    assert bad.metrics is None and "after the last candle" in bad.error  # an errored candidate
+
+
 def test_two_workers_equal_one(candles, serial):
     grid, result, _, _ = serial
     with BacktestPool(candles, SPEC, "5m", workers=2) as pool:

@@ -1,7 +1,7 @@
 """Walk-forward optimization on real Binance candles with the real engine and strategies.
 
 Window boundaries are checked on timestamps; the stitched out-of-sample curve against fresh
-``run_backtest`` runs of each winner on its test window's candles alone.
+``run_backtest`` runs of each winner on its train + test candles, trading from the test start.
 """
 
 from __future__ import annotations
@@ -141,21 +141,31 @@ def test_winners_are_the_train_sweeps_choice(walk, candles):
 
 
 @needs_shared_candles
-def test_stitched_equity_equals_each_winner_alone(walk, candles):
+def test_stitched_equity_equals_each_winner_warmed_up_on_its_train_window(walk, candles):
+    """Each segment is the winner run on [train_start, test_end) trading from test_start: it covers
+    its whole test window (no warm-up hole), and nothing is bought or sold before test_start."""
     _, _, result, _, _ = walk
     oos = result.oos_equity["equity"]
     assert oos.iloc[0] == SPEC.cash
     prev_end = SPEC.cash
     for row in result.windows.itertuples():
         stitched = oos[result.oos_equity["window"] == row.index]
+        test = window_candles(candles, row.test_start, row.test_end)
+        test_times = pd.DatetimeIndex(pd.to_datetime(test["timestamp"], unit="ms", utc=True), name="time")
+        assert stitched.index.equals(test_times)  # every test bar once, from the first
         if pd.isna(row.params):
             assert row.note == NO_WINNER
-            assert len(stitched) == len(window_candles(candles, row.test_start, row.test_end))
             assert (stitched == prev_end).all()
         else:
-            rerun = run_backtest(window_candles(candles, row.test_start, row.test_end),
-                                 BacktestSpec("sma_crossover", json.loads(row.params), cash=SPEC.cash), "5m")
+            rerun = run_backtest(window_candles(candles, row.train_start, row.test_end),
+                                 BacktestSpec("sma_crossover", json.loads(row.params), cash=SPEC.cash), "5m",
+                                 trade_from_ms=row.test_start.value // 1_000_000)
+            assert rerun.equity.index[0] == row.test_start == test_times[0]  # no warm-up hole
+            assert rerun.warmup_bars == len(window_candles(candles, row.train_start, row.train_end))
+            assert (rerun.orders["created_time"] >= row.test_start).all()
             assert stitched.index.equals(rerun.equity.index)
+            segment = result.segments[row.index]
+            pd.testing.assert_frame_equal(segment.trades, rerun.trades, check_exact=True)
             np.testing.assert_allclose(stitched / stitched.iloc[0], rerun.equity["equity"] / SPEC.cash, rtol=1e-12)
             assert stitched.iloc[0] == pytest.approx(prev_end, rel=1e-12)  # starts where the last ended
             assert row.oos_total_return == pytest.approx(rerun.equity["equity"].iloc[-1] / SPEC.cash - 1, rel=1e-12)

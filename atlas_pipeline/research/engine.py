@@ -27,6 +27,17 @@ numpy implementation):
 - **Reversals** are two orders on the same bar: close, then open; each is one trade.
 - **Warm-up.** Bars before the strategy's first ``next`` (before every indicator has a value)
   are not in ``equity``/``close``; their count is ``warmup_bars``.
+- **Trade from** (``trade_from_ms``, optional). Bars with open time before it are warm-up too:
+  the strategy's ``next`` runs on them (indicators and its own state evolve) but every order it
+  creates there is dropped: ``buy``/``sell`` (and so ``close`` and ``order_target_*``) return
+  None, and nothing reaches the broker or ``orders``. The position is therefore flat with
+  ``spec.cash`` at the first bar with open time >= ``trade_from_ms`` (the trade-from bar), and
+  from that bar on it follows the strategy: an ``AtlasStrategy`` moves to its target at its
+  next ``target()`` call on or after that bar, which for the shipped strategies is their next
+  signal (a target set during warm-up is not acted on by itself). ``equity``/``close`` start at
+  ``max(first decision bar, trade-from bar)``, and ``warmup_bars`` is that bar's index. A
+  ``trade_from_ms`` after the last candle's open time is a ``ValueError``; without it (None) the
+  run is unchanged, nothing is added per bar.
 - **End of data.** A position still open after the last bar is marked to market only: it is in
   the last equity (at the last close, no exit fee) but not in ``trades``, which holds closed
   trades only. Force-closing would invent a fill at a close price and a fee no order paid.
@@ -56,7 +67,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, timeframe_ms
+from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, ms_to_iso, timeframe_ms
 from atlas_pipeline.market_data.store import CandleStore, TimeLike
 from atlas_pipeline.research.results import EQUITY_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS, BacktestResult
 from atlas_pipeline.research.strategy_base import FLAT, LONG, SHORT, AtlasStrategy
@@ -231,13 +242,19 @@ class _TooFewCandles(Exception):
         self.candles, self.warmup = candles, warmup
 
 
-def _with_hooks(cls: type[bt.Strategy], record_targets: bool = False) -> type[bt.Strategy]:
+def _with_hooks(
+    cls: type[bt.Strategy], record_targets: bool = False, trade_from_bar: int | None = None
+) -> type[bt.Strategy]:
     """The user's class plus a note of the bar of its first ``next`` (the end of warm-up), and a
     clear error instead of backtrader's IndexError when the candles are fewer than the warm-up
     (``runonce`` indexes past the end then).
 
     With ``record_targets`` (``AtlasStrategy`` only) it also notes, in ``_atlas_targets``, the
     target after each bar's ``next``/``nextstart``, keyed by bar; off, nothing runs per bar.
+
+    With ``trade_from_bar`` (a bar index) ``buy`` and ``sell`` return None on bars before it
+    instead of creating an order; ``bt.Strategy.close`` and ``order_target_*`` go through them.
+    Without it they are not overridden at all.
     """
 
     def nextstart(self: bt.Strategy) -> None:
@@ -263,6 +280,19 @@ def _with_hooks(cls: type[bt.Strategy], record_targets: bool = False) -> type[bt
             cls.start(self)
 
         hooks.update(next=next, start=start)
+    if trade_from_bar is not None:
+
+        def buy(self: bt.Strategy, *args: Any, **kwargs: Any) -> bt.Order | None:
+            if len(self) <= trade_from_bar:  # this bar's index, len(self) - 1, is before it
+                return None
+            return cls.buy(self, *args, **kwargs)
+
+        def sell(self: bt.Strategy, *args: Any, **kwargs: Any) -> bt.Order | None:
+            if len(self) <= trade_from_bar:
+                return None
+            return cls.sell(self, *args, **kwargs)
+
+        hooks.update(buy=buy, sell=sell)
     return type(cls.__name__, (cls,), hooks)
 
 
@@ -271,9 +301,13 @@ def run_backtest(
     spec: BacktestSpec,
     timeframe: str,
     strategies_dir: Path | None = None,
+    trade_from_ms: int | None = None,
 ) -> BacktestResult:
-    """Backtest ``spec`` on a candle frame (one market, sorted, one row per timestamp)."""
-    return _run(candles, spec, timeframe, strategies_dir, record_signals=False)[0]
+    """Backtest ``spec`` on a candle frame (one market, sorted, one row per timestamp).
+
+    ``trade_from_ms``: candles with open time before it only warm the strategy up; it trades
+    (and ``equity`` starts) from the first candle at or after it (module doc, "Trade from")."""
+    return _run(candles, spec, timeframe, strategies_dir, record_signals=False, trade_from_ms=trade_from_ms)[0]
 
 
 def run_backtest_with_signals(
@@ -281,6 +315,7 @@ def run_backtest_with_signals(
     spec: BacktestSpec,
     timeframe: str,
     strategies_dir: Path | None = None,
+    trade_from_ms: int | None = None,
 ) -> tuple[BacktestResult, pd.Series]:
     """``run_backtest`` plus the strategy's signal on every bar after warm-up (for bias checks).
 
@@ -290,7 +325,7 @@ def run_backtest_with_signals(
     (``"buy"``, ``"sell+buy"``; ``""`` for none). A str Series indexed like ``result.equity``.
     Recording changes nothing in the result; it costs one dict write per bar.
     """
-    result, signals = _run(candles, spec, timeframe, strategies_dir, record_signals=True)
+    result, signals = _run(candles, spec, timeframe, strategies_dir, record_signals=True, trade_from_ms=trade_from_ms)
     assert signals is not None
     return result, signals
 
@@ -304,12 +339,14 @@ def _run(
     timeframe: str,
     strategies_dir: Path | None,
     record_signals: bool,
+    trade_from_ms: int | None = None,
 ) -> tuple[BacktestResult, pd.Series | None]:
     """One run; the signals (else None) only when asked, so the default path adds nothing per bar."""
     cls = load_strategy(spec.strategy, strategies_dir)
     params = validate_params(spec.strategy, cls, spec.params)
     _check_candles(candles, spec.strategy)
     candles = candles.reset_index(drop=True)
+    trade_from_bar = _trade_from_bar(candles, trade_from_ms)
     tf, compression = bt_timeframe(timeframe)
     atlas = issubclass(cls, AtlasStrategy)
 
@@ -328,7 +365,9 @@ def _run(
         slippage=spec.slippage,
         cushion=spec.cushion,
     )
-    cerebro.addstrategy(_with_hooks(cls, record_targets=record_signals and atlas), **params)
+    cerebro.addstrategy(
+        _with_hooks(cls, record_targets=record_signals and atlas, trade_from_bar=trade_from_bar), **params
+    )
     try:
         (strategy,) = cerebro.run()
         if not hasattr(strategy, "_atlas_first_bar"):  # never decided (runonce=False)
@@ -342,10 +381,11 @@ def _run(
         raise strategy_failure(spec.strategy, strategy_file(spec.strategy, strategies_dir), error, "raised") from error
 
     effective = {**strategy_params(cls), **params}
-    result = _result(candles, spec, timeframe, effective, broker, strategy, strategy._atlas_first_bar)
+    first = max(strategy._atlas_first_bar, trade_from_bar or 0)
+    result = _result(candles, spec, timeframe, effective, broker, strategy, first)
     if not record_signals:
         return result, None
-    bars = range(strategy._atlas_first_bar, len(candles))
+    bars = range(first, len(candles))
     if atlas:
         values = [_TARGET_NAMES[strategy._atlas_targets[bar]] for bar in bars]
     else:
@@ -354,6 +394,19 @@ def _run(
             sides.setdefault(order.plen - 1, []).append("buy" if order.isbuy() else "sell")
         values = ["+".join(sides.get(bar, ())) for bar in bars]
     return result, pd.Series(values, index=result.equity.index, name="signal", dtype=object)
+
+
+def _trade_from_bar(candles: pd.DataFrame, trade_from_ms: int | None) -> int | None:
+    """Index of the first candle with open time >= ``trade_from_ms`` (None without one)."""
+    if trade_from_ms is None:
+        return None
+    stamps = candles["timestamp"].to_numpy(np.int64)
+    if int(trade_from_ms) > stamps[-1]:
+        raise ValueError(
+            f"trade_from {ms_to_iso(trade_from_ms)} is after the last candle ({ms_to_iso(stamps[-1])}): "
+            "no bar is left to trade on"
+        )
+    return int(np.searchsorted(stamps, int(trade_from_ms), side="left"))
 
 
 def _check_candles(candles: pd.DataFrame, strategy: str) -> None:

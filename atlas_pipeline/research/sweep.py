@@ -5,7 +5,8 @@ Rules:
 - **Grid.** ``expand_grid`` is the cartesian product in the mapping's key order (first key
   slowest); candidates are numbered 0..n-1 in that order, and every table keeps it.
 - **Jobs.** A job is the pool's spec with the candidate's params merged over ``spec.params``, run
-  by ``engine.run_backtest`` on the candles whose open time is in ``[start_ms, end_ms)``, then
+  by ``engine.run_backtest`` on the candles whose open time is in ``[start_ms, end_ms)`` (with
+  the job's ``trade_from_ms``, if any: earlier candles only warm up), then
   ``metrics.compute_metrics``. A candidate the strategy refuses (``StrategyError`` or
   ``ValueError``: ``fast >= slow``, too few candles for its warm-up) is an *errored* candidate,
   not a failed sweep; any other exception is a bug and propagates. If **every** candidate errors
@@ -107,11 +108,13 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class BacktestJob:
-    """One backtest: params over the pool's spec, on candles with open time in [start_ms, end_ms)."""
+    """One backtest: params over the pool's spec, on candles with open time in [start_ms, end_ms),
+    trading only from ``trade_from_ms`` (earlier candles warm the strategy up; engine doc)."""
 
     params: dict[str, Any]
     start_ms: int | None = None
     end_ms: int | None = None
+    trade_from_ms: int | None = None
 
 
 @dataclass
@@ -150,7 +153,8 @@ def _run_job(context: _Context, job: BacktestJob, keep: bool) -> JobOutcome:
     hi = len(context.stamps) if job.end_ms is None else int(np.searchsorted(context.stamps, job.end_ms, side="left"))
     spec = dataclasses.replace(context.spec, params={**context.spec.params, **job.params})
     try:
-        result = run_backtest(context.candles.iloc[lo:hi], spec, context.timeframe, context.strategies_dir)
+        result = run_backtest(context.candles.iloc[lo:hi], spec, context.timeframe, context.strategies_dir,
+                              trade_from_ms=job.trade_from_ms)
         metrics = compute_metrics(result.equity, result.trades, result.close)
     except (StrategyError, ValueError) as exc:
         return JobOutcome(metrics=None, error=str(exc))

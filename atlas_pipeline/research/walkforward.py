@@ -10,14 +10,19 @@ Rules:
 - **Winner** of a window: ``sweep.sweep_result`` over the train window (same filters and
   objective rules as a sweep). All windows' train jobs go to the pool in one ``run`` call, then
   all test jobs in another, so both cores stay busy across window boundaries.
-- **Test segment**: the winner rerun on the test window's candles **alone**, starting flat with
-  ``spec.cash``; its indicator warm-up is consumed inside the test window, so the segment's
-  equity (and the stitched curve) starts after warm-up and the strategy never sees train bars.
-  A test window too short for the winner's warm-up sits out like a window without a winner.
-- **Stitching**: segment i's equity is scaled to start where segment i-1 ended:
-  ``stitched = prev_end * equity / spec.cash`` (``prev_end = spec.cash`` for the first), so
-  segments can run independently; its trades' money columns (size, pnl, fees) get the same
-  scale. A window without a winner holds ``prev_end`` flat over its test candles.
+- **Test segment**: the winner rerun on the candles of ``[train_start, test_end)`` with
+  ``trade_from_ms = test_start`` (``engine.run_backtest``'s trade-from rule, freqtrade's startup
+  candles): its indicators warm up on the train window it was optimized on, no order is sent
+  before ``test_start``, and it starts the test window flat with ``spec.cash``, entering at its
+  next ``target()`` call (a shipped strategy's next signal). The winner ran on the train
+  window, so its warm-up ends inside it and the segment's equity covers the test window from its
+  first candle (it could start later only if the warm-up were longer than the train window). A test run that fails (e.g. no candle in the
+  test window) sits out like a window without a winner, with the error in ``note``.
+- **Stitching**: segment i's equity (test-window bars only) is scaled to start where segment
+  i-1 ended: ``stitched = prev_end * equity / spec.cash`` (``prev_end = spec.cash`` for the
+  first), so segments can run independently; its trades (all opened in the test window) get the
+  same scale on their money columns (size, pnl, fees). A window without a winner holds
+  ``prev_end`` flat over its test candles.
 - **Efficiency** (Pardo's walk-forward efficiency): annualized out-of-sample return /
   annualized in-sample return, ``oos_cagr / is_cagr``; NaN when ``is_cagr`` is <= 0 or NaN (a
   ratio to a losing or undefined in-sample result means nothing). Note CAGR annualizes short
@@ -192,7 +197,9 @@ def run_walk_forward(
         say(f"window {w.index} train {w.train_start:%Y-%m-%d} to {w.train_end:%Y-%m-%d}: {describe_choice(sweeps[-1])}")
 
     tested = [w for w, s in zip(windows, sweeps) if s.chosen is not None]
-    test_jobs = [BacktestJob(dict(sweeps[w.index].chosen), *w.test_ms) for w in tested]
+    # warm the winner up on its train window; trade (and stitch) from the test window's start only
+    test_jobs = [BacktestJob(dict(sweeps[w.index].chosen), w.train_ms[0], w.test_ms[1], trade_from_ms=w.test_ms[0])
+                 for w in tested]
     tick = progress_every(len(test_jobs), lambda d, t: say(f"walk-forward test {d}/{t} backtests"))
     test_outcomes = dict(zip((w.index for w in tested), pool.run(test_jobs, keep_results=True, progress=tick)))
 
