@@ -280,3 +280,29 @@ def test_a_peeking_strategy_fails_the_lookahead_check_and_gets_no_metrics(
     assert check.metadata["changed_signals"].value > 0
     assert not result.success  # the blocking check stops the run before metrics
     assert instance.fetch_materializations(metrics_asset_key("peeks"), limit=1).records == []
+
+
+def test_a_sweep_where_no_candidate_passes_fails_naming_why_and_keeps_the_table(setup) -> None:
+    config_dir, store_root, instance = setup
+    write_backtests(config_dir, {"strict": {**SWEPT, "filters": {"min_trades": 100_000}}})
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    result = materialize_research(defs, instance, "strict", "ETH-BTC")
+    assert not result.success
+    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "none of 4 candidates passed the filters (4x trade_count < min_trades 100000)" in message, message
+    table = pd.read_parquet(Path(ResultStore(str(store_root)).folder("strict", "ETH/BTC")) / "sweep.parquet")
+    assert len(table) == 4 and not table["passed"].any() and not table["chosen"].any()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", None), ("3", 3), ("0", "at least 1"), ("two", "whole number")])
+def test_sweep_workers_come_from_atlas_workers(monkeypatch: pytest.MonkeyPatch, value: str, expected) -> None:
+    import os
+
+    from atlas_pipeline.research_runs import sweep_workers
+
+    monkeypatch.setenv("ATLAS_WORKERS", value)
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=f"ATLAS_WORKERS='{value}': .*{expected}"):
+            sweep_workers()
+    else:
+        assert sweep_workers() == (expected or os.cpu_count())

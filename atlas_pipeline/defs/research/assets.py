@@ -26,6 +26,7 @@ from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.sweep import SweepResult
 from atlas_pipeline.research_runs import (
     BacktestRun,
+    NoCandidatePassed,
     compute_backtest_metrics,
     leaderboard,
     leaderboard_markdown,
@@ -166,12 +167,13 @@ def _run_for_market(
     context: dg.AssetExecutionContext,
     candle_store: CandleStoreResource,
 ) -> R:
-    """A ``research_runs`` function on one market, logging progress to the run; an error in the
-    strategy's own code fails the step without retries (rerunning the same code fails the same)."""
+    """A ``research_runs`` function on one market, logging progress to the run. An error in the
+    strategy's own code, or a sweep whose every candidate the filters rejected, fails the step
+    with that message and no retries (rerunning the same code on the same candles fails the same)."""
     store = candle_store.get_store()
     try:
         return run(settings, symbol, store, ResultStore(store.root), log=context.log.info)
-    except StrategyError as error:
+    except (StrategyError, NoCandidatePassed) as error:
         raise dg.Failure(description=f"{context.asset_key.to_user_string()} {symbol}: {error}", allow_retries=False) from error
 
 
