@@ -133,6 +133,33 @@ def test_new_candles_rerun_exactly_the_affected_backtest_partitions(setup) -> No
     assert again.get_requested_partitions(backtest_asset_key(SMA)) == set()
 
 
+def test_a_backtest_run_by_hand_after_its_candles_changed_is_not_rerun(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candles updated while a backtest partition was never run are handled by running it.
+
+    The daemon (with ``atlas ui``'s settle delay) counts an event as an update only if it committed before
+    the tick's captured upper bound, but sees a run that finished during the settle sleep as done and
+    present; the rerun condition must not read that as "inputs changed, not handled yet".
+    """
+    config_dir, store_root, instance = setup
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    monkeypatch.setenv("DAGSTER_AUTOMATION_TICK_SETTLE_SECONDS", "0.01")
+    requested = lambda result: result.get_requested_partitions(backtest_asset_key(SMA))  # noqa: E731
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    [run] = run_range(config_dir, store_root, instance, ["ETH/BTC"], D(2018, 1, 20), D(2018, 1, 21), full_refresh=True)
+    assert run.success
+    seen = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert requested(seen) == set()  # never run: nothing to keep current
+
+    bound = instance.event_log_storage.get_maximum_record_id()
+    assert materialize_research(defs, instance, SMA, "ETH-BTC").success
+    with monkeypatch.context() as race:  # the tick captured its bound just before the run's events landed
+        race.setattr(instance.event_log_storage, "get_maximum_record_id", lambda: bound)
+        racing = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=seen.cursor)
+    assert requested(racing) == set()
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=racing.cursor)
+    assert requested(settled) == set()
+
+
 def test_bad_strategy_fails_its_backtest_with_the_traceback_and_others_still_run(setup, tmp_path: Path) -> None:
     config_dir, store_root, instance = setup
     write_backtests(

@@ -11,9 +11,20 @@ def rerun_when_upstream_updated() -> dg.AutomationCondition:
     it would never rerun a backtest over years of candles; this waits only on what matters. A
     partition nobody has materialized yet is left alone: every market of an exchange is a partition,
     and only the markets a backtest was run on (UI, CLI, demo) are kept current.
+
+    Updates seen while a partition is missing are dropped (``missing`` resets the memory): whoever
+    runs it first reads those candles. Without that, a partition run by hand could be run again when
+    its run finishes inside a daemon tick's settle window, where Dagster sees it present and done but
+    counts its materialization (the "handled" reset) only on the next tick.
     """
+    handled = (
+        dg.AutomationCondition.newly_requested()
+        | dg.AutomationCondition.newly_updated()
+        | dg.AutomationCondition.missing()
+        | dg.AutomationCondition.initial_evaluation()
+    )
     return (
-        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        dg.AutomationCondition.any_deps_updated().since(handled)
         & ~dg.AutomationCondition.any_deps_in_progress()
         & dg.AutomationCondition.all_deps_blocking_checks_passed()
         & ~dg.AutomationCondition.in_progress()
