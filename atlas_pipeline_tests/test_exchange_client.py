@@ -35,8 +35,28 @@ def test_whole_file_in_the_fewest_requests(files) -> None:
     client = client_for(files, request_limit=1000)
     result = client.fetch_range("ETH/BTC", "5m", day_start_ms(dt.date(2018, 1, 1)), day_start_ms(dt.date(2018, 2, 1)))
     assert_frames_equal(result.candles, source)
-    assert result.requests == -(-len(source) // 1000)  # 6 pages of 1000, the last one short
+    # 6 pages of 1000, the last one short, then the empty answer that says nothing is left
+    assert result.requests == -(-len(source) // 1000) + 1
     assert result.retries == 0
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        FaultRule(kind="short_page", endpoint="klines", after=1, times=1, rows=600),  # one short page
+        FaultRule(kind="short_page", endpoint="klines", rows=300),  # a cap below the documented limit
+    ],
+    ids=["one-short-page", "page-cap"],
+)
+def test_short_pages_never_end_the_range_early(files, fault) -> None:
+    """Paging stops on an empty page or at the end, never on a short one (DESIGN.md section 10)."""
+    source = shared_candles("binance_ETH-BTC_5m")
+    files.set_faults([fault])
+    result = client_for(files, request_limit=1000).fetch_range(
+        "ETH/BTC", "5m", day_start_ms(dt.date(2018, 1, 1)), day_start_ms(dt.date(2018, 2, 1))
+    )
+    assert files.faults[0]["fired"] >= 1
+    assert_frames_equal(result.candles, source)
 
 
 def test_range_is_half_open_and_exact(files) -> None:

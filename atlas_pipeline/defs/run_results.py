@@ -19,6 +19,16 @@ class LaunchedRun:
     def failure_reason(self) -> str:
         return failure_reason(self.result)
 
+    def raise_if_interrupted(self) -> None:
+        """Ctrl-C (SIGINT) inside a run reaches the caller as a failed step; make it what it was,
+        so the CLI exits 130 ("atlas: interrupted") instead of reporting a failure."""
+        for event in self.result.all_events:
+            error = event.step_failure_data.error if event.is_step_failure and event.step_failure_data else None
+            while error is not None:
+                if error.cls_name == "DagsterExecutionInterruptedError":
+                    raise KeyboardInterrupt(f"{self.label}: interrupted")
+                error = error.cause
+
 
 def failure_reason(result: dg.ExecuteInProcessResult) -> str:
     """The first step failure's message on one line (the user's error, not Dagster's wrapper)."""

@@ -6,16 +6,22 @@ the CLI and notebooks share it. For each requested day it decides what is needed
 - days stored complete are kept (unless ``full_refresh``): no request;
 - days stored partial (today's, or one cut short) are fetched from the candle after the last
   stored one and merged (the delta update);
-- days before the market's first candle are stored empty and complete, with no request;
+- days before the market's first candle are stored empty and complete, with no request (the
+  cached first candle is checked with the exchange before it is trusted for that);
 - everything else is fetched, consecutive days in one paged range.
 
-Nothing is written unless every blocking check passes on every requested day, so a bad answer
-from the exchange never replaces good stored candles.
+Long ranges go in chunks of at most ``CHUNK_CANDLES`` candles (whole months): each chunk is
+fetched, validated and written before the next starts, so memory stays bounded, progress is
+logged per chunk, and an interrupted backfill keeps every chunk it wrote (a rerun finds those
+days complete and continues after them). Nothing of a chunk is written unless every blocking check
+passes on all its days, so a bad answer from the exchange never replaces good stored candles;
+the first failing chunk ends the ingest.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,8 +30,10 @@ import pandas as pd
 
 from atlas_pipeline.market_data.candles import (
     DAY_MS,
+    candles_per_day,
     day_start_ms,
     empty_candles,
+    ms_to_iso,
     normalize_candles,
     split_by_day,
     timeframe_ms,
@@ -48,7 +56,10 @@ class DayReport:
 
 @dataclass
 class IngestReport:
-    """What one ingest of one market did; ``written`` is False when a blocking check failed."""
+    """What one ingest of one market did.
+
+    ``written``: some chunk was written. ``failed_from``: the first day of the chunk that failed a
+    blocking check (nothing from it on was written; the chunks before it were)."""
 
     exchange: str
     symbol: str
@@ -59,6 +70,7 @@ class IngestReport:
     retries: int = 0
     first_candle: int | None = None
     written: bool = False
+    failed_from: dt.date | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -79,7 +91,8 @@ class IngestReport:
 
     def failure_summary(self) -> str:
         failed = "; ".join(check.describe() for check in self.checks if not check.passed)
-        return f"{self.exchange} {self.symbol} {self.timeframe}: {failed}"
+        kept = f" (days before {self.failed_from} were stored)" if self.written else ""
+        return f"{self.exchange} {self.symbol} {self.timeframe}: {failed}; nothing written from {self.failed_from} on{kept}"
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,11 @@ class _Fetch:
     start_ms: int
     end_ms: int
     days: tuple[dt.date, ...]
+
+
+CHUNK_CANDLES = 100_000
+"""Most candles one chunk holds (whole months, at least one): 1m backfills go two months at a
+time (~90k candles, a few tens of MB in flight), 1h backfills since 2017 in one chunk."""
 
 
 def ingest_days(
@@ -104,24 +122,92 @@ def ingest_days(
     """Fetch, validate and store ``days`` of one market; see the module docstring for the rules."""
     log = log or client.log
     exchange = client.connection.exchange_id
-    tf_ms = timeframe_ms(timeframe)
     wanted = sorted(set(days))
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
     requests_before, retries_before = client.requests_made, client.retries_made
+    started = time.perf_counter()
+    closed_before = _closed_before(client.now_ms(), timeframe_ms(timeframe))
+    first = _verified_first_candle(client, store, symbol, timeframe, wanted[0], log)
+    report = IngestReport(exchange, symbol, timeframe, days=[], checks=[], first_candle=first)
+    report.seconds["plan"] = time.perf_counter() - started
 
-    closed_before = _closed_before(client.now_ms(), tf_ms)
-    first = store.first_candle(exchange, symbol, timeframe)
-    if first is None:
-        first = client.first_candle(symbol, timeframe)
-        if first is not None:
-            store.set_first_candle(exchange, symbol, timeframe, first)
+    chunks = _chunks(wanted, timeframe)
+    began = time.monotonic()
+    for number, chunk in enumerate(chunks, 1):
+        _ingest_chunk(client, store, symbol, timeframe, chunk, report, first, closed_before, full_refresh, log)
+        if not report.passed:
+            report.failed_from = chunk[0]
+            log.warning(report.failure_summary())
+            break
+        if len(chunks) > 1:
+            done = len(report.days) / len(wanted)
+            elapsed = time.monotonic() - began
+            log.info(
+                f"{exchange} {symbol} {timeframe}: chunk {number}/{len(chunks)} {chunk[0]}..{chunk[-1]} stored; "
+                f"{len(report.days):,}/{len(wanted):,} days ({done:.0%}), {report.candles:,} candles, "
+                f"{elapsed:.0f} s, ETA {elapsed / done - elapsed:.0f} s"
+            )
+    report.requests = client.requests_made - requests_before
+    report.retries = client.retries_made - retries_before
+    return report
+
+
+def _verified_first_candle(
+    client: ExchangeClient, store: CandleStore, symbol: str, timeframe: str, since: dt.date, log: Logger
+) -> int | None:
+    """The market's first candle, from the store's cache only when nothing depends on it.
+
+    Days before the first candle are stored empty and complete without a request, so a cached
+    value later than the truth would lose those days for good: whenever requested days start
+    before the cached value, the exchange is asked again (one request) and the cache corrected.
+    """
+    exchange = client.connection.exchange_id
+    cached = store.first_candle(exchange, symbol, timeframe)
+    if cached is not None and cached <= day_start_ms(since):
+        return cached
+    first = client.first_candle(symbol, timeframe)
+    if first is not None and first != cached:
+        if cached is not None:
+            log.warning(
+                f"{exchange} {symbol} {timeframe}: cached first candle {ms_to_iso(cached)} differs from the "
+                f"exchange's {ms_to_iso(first)}; cache corrected"
+            )
+        store.set_first_candle(exchange, symbol, timeframe, first)
+    return first
+
+
+def _chunks(days: list[dt.date], timeframe: str) -> list[list[dt.date]]:
+    """``days`` cut at month boundaries into runs of at most ``CHUNK_CANDLES`` candles."""
+    per_day = candles_per_day(timeframe)
+    chunks: list[list[dt.date]] = []
+    for _, month in itertools.groupby(days, key=lambda day: (day.year, day.month)):
+        month_days = list(month)
+        if chunks and (len(chunks[-1]) + len(month_days)) * per_day <= CHUNK_CANDLES:
+            chunks[-1].extend(month_days)
+        else:
+            chunks.append(month_days)
+    return chunks
+
+
+def _ingest_chunk(
+    client: ExchangeClient,
+    store: CandleStore,
+    symbol: str,
+    timeframe: str,
+    wanted: list[dt.date],
+    report: IngestReport,
+    first: int | None,
+    closed_before: int,
+    full_refresh: bool,
+    log: Logger,
+) -> None:
+    """Plan, fetch, merge, validate and write one chunk; adds its days and checks to ``report``."""
+    exchange = client.connection.exchange_id
+    tf_ms = timeframe_ms(timeframe)
+    timings = report.seconds
     listed_from = first if first is not None else closed_before
 
-    stored = {
-        status.day: status
-        for status in _coverage(store, exchange, symbol, timeframe, wanted)
-    }
+    started = time.perf_counter()
+    stored = {status.day: status for status in _coverage(store, exchange, symbol, timeframe, wanted)}
     frames: dict[dt.date, pd.DataFrame] = {}
     to_fetch: list[tuple[dt.date, int]] = []  # (day, fetch from ms)
     for day in wanted:
@@ -135,7 +221,7 @@ def ingest_days(
             to_fetch.append((day, int(status.last_timestamp) + tf_ms))
         else:
             to_fetch.append((day, max(start, listed_from)))
-    timings["plan"] = time.perf_counter() - started
+    _add_time(timings, "plan", started)
 
     started = time.perf_counter()
     fetches = _group(to_fetch, closed_before)
@@ -148,7 +234,7 @@ def ingest_days(
             f"{exchange} {symbol} {timeframe}: range {number}/{len(fetches)} "
             f"{fetch.days[0]}..{fetch.days[-1]}: {len(result.candles):,} candles in {result.requests} requests"
         )
-    timings["fetch"] = time.perf_counter() - started
+    _add_time(timings, "fetch", started)
 
     started = time.perf_counter()
     delta_days = [day for day, since in to_fetch if since > max(day_start_ms(day), listed_from)]
@@ -161,36 +247,27 @@ def ingest_days(
         kept_frames = split_by_day(store.read(exchange, symbol, timeframe, min(kept), max(kept) + dt.timedelta(days=1)))
         for day in kept:
             frames[day] = kept_frames.get(day, empty_candles())
-    timings["merge"] = time.perf_counter() - started
+    _add_time(timings, "merge", started)
 
     started = time.perf_counter()
     everything = _concat([frames[day] for day in wanted])
     range_start, range_end = day_start_ms(wanted[0]), day_start_ms(wanted[-1]) + DAY_MS
-    checks = validate_candles(everything, timeframe, range_start, range_end)
+    report.checks = validate_candles(everything, timeframe, range_start, range_end)
     missing = missing_candles(everything, timeframe, wanted, first_candle_ms=first, closed_before_ms=closed_before)
-    timings["validate"] = time.perf_counter() - started
+    _add_time(timings, "validate", started)
 
     refreshed = {day for day in wanted if day not in kept}
-    report = IngestReport(
-        exchange=exchange,
-        symbol=symbol,
-        timeframe=timeframe,
-        days=[
-            DayReport(
-                day=day,
-                rows=len(frames[day]),
-                missing=missing[day],
-                complete=day_start_ms(day) + DAY_MS <= closed_before,
-                fetched=day in refreshed,
-                first_timestamp=int(frames[day]["timestamp"].iloc[0]) if len(frames[day]) else None,
-                last_timestamp=int(frames[day]["timestamp"].iloc[-1]) if len(frames[day]) else None,
-            )
-            for day in wanted
-        ],
-        checks=checks,
-        requests=client.requests_made - requests_before,
-        retries=client.retries_made - retries_before,
-        first_candle=first,
+    report.days.extend(
+        DayReport(
+            day=day,
+            rows=len(frames[day]),
+            missing=missing[day],
+            complete=day_start_ms(day) + DAY_MS <= closed_before,
+            fetched=day in refreshed,
+            first_timestamp=int(frames[day]["timestamp"].iloc[0]) if len(frames[day]) else None,
+            last_timestamp=int(frames[day]["timestamp"].iloc[-1]) if len(frames[day]) else None,
+        )
+        for day in wanted
     )
     started = time.perf_counter()
     if report.passed and refreshed:
@@ -199,15 +276,16 @@ def ingest_days(
             symbol,
             timeframe,
             {day: frames[day] for day in sorted(refreshed)},
-            complete={d.day: d.complete for d in report.days if d.day in refreshed},
+            complete={d.day: d.complete for d in report.days[-len(wanted):] if d.day in refreshed},
         )
         report.written = True
-        log.info(f"{exchange} {symbol} {timeframe}: wrote {len(refreshed)} days, {report.candles_fetched:,} candles")
-    elif not report.passed:
-        log.warning(f"nothing written: {report.failure_summary()}")
-    timings["write"] = time.perf_counter() - started
-    report.seconds = timings
-    return report
+        written = sum(len(frames[day]) for day in refreshed)
+        log.info(f"{exchange} {symbol} {timeframe}: wrote {len(refreshed)} days, {written:,} candles")
+    _add_time(timings, "write", started)
+
+
+def _add_time(timings: dict[str, float], stage: str, started: float) -> None:
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 
 def _closed_before(now_ms: int, tf_ms: int) -> int:

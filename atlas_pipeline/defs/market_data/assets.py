@@ -117,7 +117,7 @@ def _ohlcv_asset(
         if failed:
             raise dg.Failure(
                 description=(
-                    "candles failed blocking checks; nothing was written for "
+                    "candles failed blocking checks: "
                     + "; ".join(report.failure_summary() for report in failed)
                 ),
                 allow_retries=False,

@@ -7,8 +7,11 @@ exactly ``times`` times. Kinds come in three groups, by where they act:
 - transport (``rate_limit``, ``server_error``): the request gets an error reply instead;
   ``timeout`` delays the (otherwise normal) reply;
 - body (``truncated``, ``malformed``): the reply's bytes are damaged;
-- data (``duplicates``, ``out_of_order``, ``bad_ohlc``, ``off_grid``): rows of a successful klines
-  reply are altered; they only fire on a reply with rows to alter (so they never hide an error).
+- data (``duplicates``, ``out_of_order``, ``bad_ohlc``, ``off_grid``, ``short_page``): rows of a
+  successful klines reply are altered; they only fire on a reply with rows to alter (so they never
+  hide an error). ``short_page`` keeps only the first ``rows`` rows (default: half) of a page, as
+  exchanges do in maintenance gaps or behind proxies; with ``times`` unset it is a per-request cap
+  below the documented limit (``short_page:rows=300``).
 """
 
 from __future__ import annotations
@@ -21,24 +24,27 @@ from typing import Any
 
 TRANSPORT_KINDS = ("rate_limit", "server_error", "timeout")
 BODY_KINDS = ("truncated", "malformed")
-DATA_KINDS = ("duplicates", "out_of_order", "bad_ohlc", "off_grid")
+DATA_KINDS = ("duplicates", "out_of_order", "bad_ohlc", "off_grid", "short_page")
 KINDS = TRANSPORT_KINDS + BODY_KINDS + DATA_KINDS
 ENDPOINTS = ("any", "klines", "exchangeInfo", "ping", "time")
 
 
 @dataclass(frozen=True)
 class FaultRule:
-    """One fault. ``retry_after`` (s) is sent as 429's Retry-After; ``status`` overrides the HTTP
+    """One fault. ``retry_after`` (s) is sent as the rate limit's Retry-After (None: no such
+    header); ``status`` overrides the HTTP
     status (rate_limit: 429 or 418; server_error: a 5xx, default 503); ``delay`` (s) is how long a
-    ``timeout`` holds the reply, longer than the client's timeout (ccxt's default is 10 s)."""
+    ``timeout`` holds the reply, longer than the client's timeout (ccxt's default is 10 s);
+    ``rows`` is how many rows a ``short_page`` keeps (None: half the page)."""
 
     kind: str
     endpoint: str = "any"
     times: int | None = None
     after: int = 0
-    retry_after: float = 1.0
+    retry_after: float | None = 1.0
     status: int | None = None
     delay: float = 15.0
+    rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -49,7 +55,9 @@ class FaultRule:
             raise ValueError(f"fault {self.kind!r} alters klines rows; it cannot watch {self.endpoint!r}")
         if self.times is not None and self.times < 0:
             raise ValueError(f"fault times must be >= 0 or None (forever), got {self.times}")
-        if self.after < 0 or self.retry_after < 0 or self.delay < 0:
+        if self.rows is not None and (self.kind != "short_page" or self.rows < 1):
+            raise ValueError(f"rows applies to short_page only and must be >= 1: {self}")
+        if self.after < 0 or (self.retry_after or 0) < 0 or self.delay < 0:
             raise ValueError(f"fault after, retry_after and delay must be >= 0: {self}")
         allowed = {"rate_limit": (418, 429), "server_error": tuple(range(500, 600))}.get(self.kind, ())
         if self.status is not None and self.status not in allowed:
@@ -82,7 +90,7 @@ class FaultRule:
         raise ValueError(f"a fault is a spec string or an object, got {value!r}")
 
 
-_INT_FIELDS = {"times", "after", "status"}
+_INT_FIELDS = {"times", "after", "status", "rows"}
 _FLOAT_FIELDS = {"retry_after", "delay"}
 
 
@@ -158,7 +166,7 @@ class FaultPlan:
         """Count this request against every rule watching ``endpoint`` and pick the ones that fire.
 
         ``rows``: the number of rows in a successful klines reply (0 otherwise); a data fault fires
-        only where it can be seen (``out_of_order`` needs two rows, the others one).
+        only where it can be seen (``out_of_order`` needs two rows, ``short_page`` more than it keeps).
         """
         transport: _RuleState | None = None
         body: _RuleState | None = None
@@ -175,7 +183,7 @@ class FaultPlan:
                     transport = state
                 elif rule.kind in BODY_KINDS and body is None:
                     body = state
-                elif rule.kind in DATA_KINDS and rows >= (2 if rule.kind == "out_of_order" else 1):
+                elif rule.kind in DATA_KINDS and rows >= _rows_to_show(rule):
                     data.append(state)
             if transport is not None and transport.rule.kind != "timeout":
                 body, data = None, []  # an error reply replaces the body: nothing else can act
@@ -189,9 +197,19 @@ class FaultPlan:
         )
 
 
-def corrupt_rows(kind: str, rows: list[list[Any]]) -> list[list[Any]]:
+def _rows_to_show(rule: FaultRule) -> int:
+    """Rows a klines reply needs for the data fault to show in it."""
+    if rule.kind == "short_page":
+        return (rule.rows or 1) + 1  # something to cut
+    return 2 if rule.kind == "out_of_order" else 1
+
+
+def corrupt_rows(kind: str, rows: list[list[Any]], keep: int | None = None) -> list[list[Any]]:
     """A data fault applied to Binance kline rows (``[openTime, "o", "h", "l", "c", "v",
-    closeTime, ...]``); single-row faults hit the middle row, away from a client's page edges."""
+    closeTime, ...]``); single-row faults hit the middle row, away from a client's page edges.
+    ``keep``: the rows a ``short_page`` keeps (None: half)."""
+    if kind == "short_page":
+        return [list(row) for row in rows[: keep if keep is not None else len(rows) // 2]]
     rows = [list(row) for row in rows]
     middle = rows[len(rows) // 2]
     if kind == "duplicates":

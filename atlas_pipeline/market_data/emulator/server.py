@@ -271,7 +271,8 @@ class EmulatorServer:
         self._stats.request(endpoint, [r for r in (transport, decision.body, *decision.data) if r is not None])
         if transport is not None and transport.kind == "rate_limit":
             body = json.dumps({"code": -1003, "msg": _RATE_LIMIT_MSG}, separators=(",", ":")).encode()
-            self._reply(handler, transport.http_status, body, headers={"Retry-After": f"{transport.retry_after:g}"})
+            retry_after = {} if transport.retry_after is None else {"Retry-After": f"{transport.retry_after:g}"}
+            self._reply(handler, transport.http_status, body, headers=retry_after)
             return
         if transport is not None and transport.kind == "server_error":
             page = f"<html><body><h1>{transport.http_status} {_SERVER_ERROR_PAGES.get(transport.http_status, 'Server Error')}</h1></body></html>"
@@ -280,7 +281,7 @@ class EmulatorServer:
         if transport is not None:  # timeout: hold the reply past the client's patience
             self._stopping.wait(transport.delay)
         for rule in decision.data:
-            payload = corrupt_rows(rule.kind, payload)
+            payload = corrupt_rows(rule.kind, payload, rule.rows)
         body = json.dumps(payload, separators=(",", ":")).encode()
         if decision.body is not None and decision.body.kind == "truncated":
             self._reply(handler, status, body[: len(body) // 2], declared_length=len(body))
