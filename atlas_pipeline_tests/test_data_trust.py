@@ -6,6 +6,7 @@ real candle store on disk, and real ``atlas fetch`` processes where a process ha
 
 import datetime as dt
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -149,3 +150,85 @@ def test_an_interrupted_1m_backfill_keeps_what_it_validated_and_the_rerun_contin
     # only the days not yet stored are fetched: 1,440 candles a day in pages of 1,000
     assert synthetic.stats["requests"]["klines"] <= 1 + -(-remaining * 1440 // 1000) + 3
     _assert_no_day_complete_with_candles_missing(store, synthetic.source, "1m", start, end)
+
+
+# ---- property: random fault schedules, kills included -------------------------------------------
+
+INGEST_SCRIPT = """
+import datetime as dt, sys
+from atlas_pipeline import CandleStore
+from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
+from atlas_pipeline.market_data.ingest import ingest_days
+
+url, root, timeframe, start, end = sys.argv[1:]
+start, end = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+connection = ExchangeConnection("binance", api_url=url, timeout_seconds=1, min_request_interval_ms=0, max_retries=4)
+days = [start + dt.timedelta(days=i) for i in range((end - start).days)]
+ingest_days(ExchangeClient(connection), CandleStore(root), "%s", timeframe, days)
+""" % MARKET
+
+
+def _random_faults(rng: random.Random) -> list[FaultRule]:
+    """A schedule of finite faults (each fits in the client's retries), in random order and places."""
+    faults = [
+        FaultRule(kind="short_page", endpoint="klines", after=rng.randint(0, 8), times=rng.choice([1, 2, 5]), rows=rng.choice([1, 50, 600])),
+        FaultRule(kind="server_error", endpoint="klines", after=rng.randint(0, 12), times=rng.randint(1, 2)),
+        FaultRule(kind="timeout", endpoint="klines", after=rng.randint(0, 12), times=1, delay=1.5),
+        FaultRule(kind="duplicates", endpoint="klines", after=rng.randint(0, 12), times=rng.randint(1, 3)),
+        FaultRule(kind="out_of_order", endpoint="klines", after=rng.randint(0, 12), times=1),
+        FaultRule(kind="rate_limit", endpoint="klines", after=rng.randint(0, 12), times=1, retry_after=0),
+    ]
+    if rng.random() < 0.5:  # a per-request cap below the documented limit, all along
+        faults.append(FaultRule(kind="short_page", endpoint="klines", rows=rng.choice([400, 700])))
+    return rng.sample(faults, k=rng.randint(2, len(faults)))
+
+
+def _assert_complete_days_exact(store: CandleStore, source, timeframe: str, start: D, end: D) -> None:
+    """Every day stored complete equals the source's day exactly; nothing else may be stored."""
+    coverage = store.coverage("binance", MARKET, timeframe, start, end)
+    assert coverage["complete"].all(), "a past day stored as not complete"
+    stored = store.read("binance", MARKET, timeframe, start, end)
+    expected = source.candles(MARKET, timeframe, day_start_ms(start), day_start_ms(end))
+    days = {day_start_ms(day) for day in coverage["day"]}
+    mask = (expected["timestamp"] // DAY_MS * DAY_MS).isin(days)
+    assert_frames_equal(stored, expected[mask])
+
+
+@pytest.mark.parametrize(
+    ("timeframe", "start", "end"),
+    [("1m", D(2021, 1, 1), D(2021, 4, 15)), ("1h", D(2018, 6, 1), D(2019, 9, 1))],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_random_fault_schedules_end_in_exactly_the_source_after_at_most_one_rerun(
+    tmp_path: Path, synthetic, timeframe: str, start: D, end: D, seed: int
+) -> None:
+    rng = random.Random(f"{timeframe}-{seed}")
+    faults = _random_faults(rng)
+    synthetic.set_faults(faults)
+    root = tmp_path / "store"
+    store = CandleStore(str(root))
+    args = [synthetic.base_url, str(root), timeframe, start.isoformat(), end.isoformat()]
+    # the first run is killed: while fetching (seconds after its start), or after it wrote a chunk
+    kill = ("no kill", "while fetching", "after a chunk")[seed]
+    kill_delay = rng.uniform(1.5, 4.0) if kill == "while fetching" else rng.uniform(0.0, 1.0)
+    note = f"faults {[(f.kind, f.after, f.times, f.rows) for f in faults]}; {kill} ({kill_delay:.1f} s)"
+
+    for attempt in range(2):  # the run, and at most one rerun
+        process = subprocess.Popen([sys.executable, "-c", INGEST_SCRIPT, *args], stderr=subprocess.PIPE, text=True)
+        if attempt == 0 and kill != "no kill":
+            deadline = time.monotonic() + 120
+            while kill == "after a chunk" and store.coverage("binance", MARKET, timeframe).empty:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            time.sleep(kill_delay)
+            process.kill()
+        process.wait(timeout=300)
+        stderr = process.stderr.read()
+        _assert_complete_days_exact(store, synthetic.source, timeframe, start, end)
+        if process.returncode == 0:
+            break
+        assert attempt == 0 and process.returncode == -signal.SIGKILL, f"{note}: attempt {attempt} failed: {stderr[-2000:]}"
+    expected = synthetic.source.candles(MARKET, timeframe, day_start_ms(start), day_start_ms(end))
+    assert_frames_equal(store.read("binance", MARKET, timeframe, start, end), expected)
+    assert len(store.coverage("binance", MARKET, timeframe, start, end)) == (end - start).days, note

@@ -9,7 +9,10 @@ Run: ``/work/venv/bin/python bench/ingest.py [--symbol BTC/USDT] [--timeframe 1h
     on a fresh instance of the same kind: Dagster's own floor (DESIGN.md section 10). The bar is
     pipeline / no-op <= 1.3;
 (c) the same range paged with bare ccxt against the same emulator, and the ratios to it;
-(d) the candle store's write/read times for 9 years of 1h and 1m candles (``bench/store_read.py``).
+(d) ``atlas fetch`` of the same backfill as a user runs it, in its own process on a fresh home:
+    its peak RSS (bar < 500 MB: candles go to the store a chunk at a time) and the time from the
+    command's start to its first progress line from the asset (bar <= 5 s);
+(e) the candle store's write/read times for 9 years of 1h and 1m candles (``bench/store_read.py``).
 It checks that the candles the pipeline stored equal those bare ccxt fetched, and exits 1 if not
 (or if a run fails). Each job runs once untimed over two days first, so neither pays the warm-up.
 With ``--postgres-url``, (a) and (b) run again on instances with dagster-postgres storage.
@@ -19,6 +22,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +53,8 @@ from store_read import measure_store_reads, print_numbers  # noqa: E402
 EXCHANGE = "binance"
 PAGE_LIMIT = 1000
 BAR = 1.3
+RSS_BAR_MB = 500
+FIRST_PROGRESS_BAR_SECONDS = 5.0
 LOG_LEVEL = "WARNING"  # Dagster's console logger: failures only, not every event
 WARM_UP_DAYS = 2
 NO_TELEMETRY = {"telemetry": {"enabled": False}}
@@ -190,7 +198,7 @@ def fetch_bare(api_url: str, symbol: str, timeframe: str, start: dt.date) -> tup
         batch = exchange.fetch_ohlcv(symbol, timeframe, since=since, limit=PAGE_LIMIT)
         requests += 1
         rows.extend(batch)
-        if len(batch) < PAGE_LIMIT:
+        if not batch:  # an empty page ends the history; a short one does not (DESIGN.md section 10)
             break
         since = int(batch[-1][0]) + tf_ms
     now = exchange.milliseconds()
@@ -220,6 +228,44 @@ def compare(backfill: Backfill, run: PipelineRun, bare: pd.DataFrame) -> tuple[b
     if len(later):
         note += f"; bare ccxt has {len(later):,} more that closed after the run began"
     return True, note
+
+
+@dataclass
+class ProcessRun:
+    seconds: float
+    first_progress: float | None
+    peak_rss_mb: float
+    returncode: int
+    last_line: str
+
+
+def run_cli_process(backfill: Backfill, home: Path) -> ProcessRun:
+    """(d): ``atlas fetch`` in a child process with a fresh ATLAS_HOME (and its own SQLite instance);
+    stderr read line by line to time the first progress line the asset logs."""
+    command = [
+        sys.executable, "-m", "atlas_pipeline.cli", "fetch", "--exchange", EXCHANGE, "--symbol", backfill.symbol,
+        "--timeframe", backfill.timeframe, "--start", backfill.start.isoformat(), "--end", backfill.end.isoformat(),
+    ]
+    env = {**os.environ, "ATLAS_CONFIG": str(backfill.config_dir), "ATLAS_HOME": str(home), "DAGSTER_HOME": ""}
+    began = time.perf_counter()
+    first_progress, last_line = None, ""
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) as child:
+        for line in child.stderr:
+            if first_progress is None and f"{backfill.symbol} {backfill.timeframe}:" in line and " - dagster - " in line:
+                first_progress = time.perf_counter() - began
+            last_line = line.strip() or last_line
+    seconds = time.perf_counter() - began
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the only child this bench waits for
+    return ProcessRun(seconds, first_progress, peak_kb / 1024, child.returncode, last_line)
+
+
+def print_process(run: ProcessRun) -> None:
+    first = "none" if run.first_progress is None else f"{run.first_progress:.1f} s"
+    rss_ok = run.peak_rss_mb < RSS_BAR_MB
+    first_ok = run.first_progress is not None and run.first_progress <= FIRST_PROGRESS_BAR_SECONDS
+    _line("atlas fetch, its own process (fresh home)", run.seconds, f"exit {run.returncode}")
+    print(f"  peak RSS: {run.peak_rss_mb:,.0f} MB (bar < {RSS_BAR_MB} MB{'' if rss_ok else ': MISSED'}); "
+          f"first progress line after {first} (bar <= {FIRST_PROGRESS_BAR_SECONDS:g} s{'' if first_ok else ': MISSED'})")
 
 
 def _line(label: str, seconds: float, tail: str = "") -> None:
@@ -271,6 +317,9 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         print_backfill("SQLite", pipeline, noop, bare_seconds, bare_requests)
         print(f"  stored == bare ccxt: {'yes' if same else 'NO'} ({note})")
         failed |= not same
+        process = run_cli_process(backfill, work / "cli-home")
+        print_process(process)
+        failed |= process.returncode != 0
 
         if args.postgres_url:
             try:

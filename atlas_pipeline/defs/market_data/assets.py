@@ -122,6 +122,8 @@ def _ohlcv_asset(
                 ),
                 allow_retries=False,
             )
+        partitions = sum(len(report.days) for report in reports)
+        context.log.info(f"{settings.id} {timeframe}: recording {partitions:,} partition materializations in Dagster")
         _add_partition_metadata(context, reports)
         yield dg.MaterializeResult(metadata={**_run_metadata(reports), "skipped_markets": ", ".join(skipped)})
 
