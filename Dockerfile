@@ -1,7 +1,8 @@
 # Atlas: one image for the Dagster webserver (default CMD) and the daemon, on the production
 # instance (deployment/dagster.yaml: PostgreSQL storage, queued runs). docker-compose.yml runs both
 # with PostgreSQL and the data volume: `docker compose up`. See docs/deployment.md.
-#   webserver: docker run ... atlas
+#   webserver: docker run -p 127.0.0.1:3000:3000 ... atlas   (the UI has no login: publish it on
+#              loopback, or behind an authenticating proxy; see docs/deployment.md)
 #   daemon:    docker run ... atlas dagster-daemon run -w workspace.yaml
 # DAGSTER_AUTOMATION_TICK_SETTLE_SECONDS: without it the daemon can miss candles written during a
 # tick, and their backtests never rerun (docs/deployment.md).
@@ -27,4 +28,6 @@ COPY deployment/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 VOLUME ["/data"]
 EXPOSE 3000
+# 0.0.0.0 inside the container, so the published port reaches it; who can reach that port is
+# decided where it is published (docker-compose.yml: 127.0.0.1 unless ATLAS_UI_BIND says otherwise).
 CMD ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "workspace.yaml"]

@@ -3,13 +3,18 @@
 Paging is done here on ``since`` (``since = last + timeframe``) rather than with ccxt's
 ``paginate`` option, which silently returns only the newest pages of an old range. Transient
 failures (ccxt's ``OperationFailed`` family: network errors, rate limits, timeouts, unreadable
-answers) are retried with exponential backoff that honours ``Retry-After``; permanent ones
-(``BadSymbol``, ``BadRequest``, other ``ExchangeError``s) fail at once with the market named.
+answers) are retried with exponential backoff; a rate-limit answer's ``Retry-After`` is waited out
+in full, up to ``MAX_RETRY_AFTER_SECONDS``, and an HTTP 418 (Binance's IP ban) for the whole ban.
+Permanent failures (``BadSymbol``, ``BadRequest``, other ``ExchangeError``s) fail at once with the
+market named.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +28,10 @@ from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, empty_candles, no
 
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 60.0
+"""Cap of Atlas's own exponential backoff (answers without a usable ``Retry-After``)."""
+MAX_RETRY_AFTER_SECONDS = 600.0
+"""Longest ``Retry-After`` of a 429/418 answer Atlas waits out (10 min). Asked to wait longer, the
+request fails at once naming the wait: retrying early is what gets an IP banned (Binance: 418)."""
 
 
 class Logger(Protocol):
@@ -114,6 +123,19 @@ class ExchangeClient:
         self._sleep = sleep
         self._counters = _Counters()
         self._markets_loaded = False
+        self._last_status: int | None = None
+        self._watch_http_status()
+
+    def _watch_http_status(self) -> None:
+        """Remember the HTTP status of each answer. ccxt raises ``DDoSProtection`` for both of
+        Binance's 429 (slow down) and 418 (IP banned) and keeps no status, but hands it to this hook."""
+        original = self.exchange.on_rest_response
+
+        def on_rest_response(code: Any, *args: Any, **kwargs: Any) -> Any:
+            self._last_status = code if isinstance(code, int) else None
+            return original(code, *args, **kwargs)
+
+        self.exchange.on_rest_response = on_rest_response
 
     @property
     def requests_made(self) -> int:
@@ -222,17 +244,18 @@ class ExchangeClient:
             self._counters.requests += 1
             try:
                 self.exchange.last_http_response = self.exchange.last_json_response = None
+                self.exchange.last_response_headers, self._last_status = None, None
                 answer = method(*args, **kwargs)
                 if self.exchange.last_http_response is not None and self.exchange.last_json_response is None:
                     raise ccxt.BadResponse(f"{name} answered with a body that is not JSON")
                 return answer
             except ccxt.OperationFailed as error:
+                delay = self._retry_delay(attempt, what, error)
                 if attempt >= self.connection.max_retries:
                     raise ExchangeRequestError(
                         f"{name} {what}: still failing after {attempt + 1} attempts: "
                         f"{type(error).__name__}: {_short(error)}"
                     ) from error
-                delay = self._retry_delay(attempt, error)
                 attempt += 1
                 self._counters.retries += 1
                 self.log.warning(
@@ -243,18 +266,40 @@ class ExchangeClient:
             except ccxt.BaseError as error:
                 raise ExchangeRequestError(f"{name} {what}: {type(error).__name__}: {_short(error)}") from error
 
-    def _retry_delay(self, attempt: int, error: ccxt.OperationFailed) -> float:
-        """``Retry-After`` when a rate-limit answer carried one, else 0.5 s doubling, capped."""
+    def _retry_delay(self, attempt: int, what: str, error: ccxt.OperationFailed) -> float:
+        """Seconds to wait before retrying ``error``, or an ``ExchangeRequestError`` not to retry.
+
+        A rate-limit answer (HTTP 429/418, ccxt's ``DDoSProtection`` family) with ``Retry-After``:
+        exactly that, up to ``MAX_RETRY_AFTER_SECONDS``; longer fails at once, naming the wait. A
+        418 is an IP ban whose Retry-After is the ban's length; without one its length is unknown,
+        and requests during a ban only lengthen it, so it is not retried. Anything else (a 429
+        without Retry-After included): 0.5 s doubling, capped at ``MAX_BACKOFF_SECONDS``.
+        """
+        backoff = min(0.5 * 2**attempt, MAX_BACKOFF_SECONDS)
+        status = self._last_status
+        if not (isinstance(error, ccxt.DDoSProtection) or status in (418, 429)):
+            return backoff
         headers = self.exchange.last_response_headers or {}
-        retry_after = None
-        if isinstance(error, ccxt.DDoSProtection):  # includes RateLimitExceeded; 429/418 answers
-            retry_after = headers.get("Retry-After") or headers.get("retry-after")
-        if retry_after is not None:
-            try:
-                return min(max(float(retry_after), 0.0), MAX_BACKOFF_SECONDS)
-            except ValueError:
-                pass
-        return min(0.5 * 2**attempt, MAX_BACKOFF_SECONDS)
+        now = self.now_ms()
+        wait = _retry_after_seconds(headers.get("Retry-After") or headers.get("retry-after"), now)
+        name = self.connection.exchange_id
+        answer = f"HTTP {status}, " if status else ""
+        answer += "the exchange has banned this IP" if status == 418 else "rate limit exceeded"
+        if wait is None:
+            if status == 418:
+                raise ExchangeRequestError(
+                    f"{name} {what}: {answer}, with no Retry-After to say for how long; not retrying "
+                    "(requests during a ban lengthen it): wait before running again"
+                ) from error
+            return backoff
+        if wait > MAX_RETRY_AFTER_SECONDS:
+            until = _iso_seconds(now + int(wait * 1000)) if math.isfinite(wait) else "an unknown time"
+            raise ExchangeRequestError(
+                f"{name} {what}: {answer}: Retry-After {wait:g} s (until {until} UTC) is longer than "
+                f"the {MAX_RETRY_AFTER_SECONDS:g} s Atlas waits; not retrying early (that is what gets "
+                f"an IP banned): run again after {until} UTC"
+            ) from error
+        return wait
 
 
 def _rows_to_frame(pages: list[list[list[Any]]]) -> pd.DataFrame:
@@ -270,6 +315,29 @@ def _rows_to_frame(pages: list[list[list[Any]]]) -> pd.DataFrame:
 
 def _iso(ms: int) -> str:
     return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M")
+
+
+def _iso_seconds(ms: int) -> str:
+    return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _retry_after_seconds(value: Any, now_ms: int) -> float | None:
+    """A ``Retry-After`` header in seconds from now: delta-seconds or an HTTP date (RFC 9110);
+    None when absent or unreadable."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000": UTC
+            when = when.replace(tzinfo=dt.timezone.utc)
+        seconds = when.timestamp() - now_ms / 1000
+    return None if math.isnan(seconds) else max(seconds, 0.0)
 
 
 def _short(error: BaseException, limit: int = 300) -> str:

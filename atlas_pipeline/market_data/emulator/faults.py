@@ -32,8 +32,8 @@ ENDPOINTS = ("any", "klines", "exchangeInfo", "ping", "time")
 @dataclass(frozen=True)
 class FaultRule:
     """One fault. ``retry_after`` (s) is sent as the rate limit's Retry-After (None: no such
-    header); ``status`` overrides the HTTP
-    status (rate_limit: 429 or 418; server_error: a 5xx, default 503); ``delay`` (s) is how long a
+    header); ``status`` overrides the HTTP status (rate_limit: 429 or 418; server_error: a 5xx,
+    default 503); ``delay`` (s) is how long a
     ``timeout`` holds the reply, longer than the client's timeout (ccxt's default is 10 s);
     ``rows`` is how many rows a ``short_page`` keeps (None: half the page)."""
 
