@@ -189,8 +189,10 @@ class ExchangeClient:
     def fetch_range(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> FetchResult:
         """Closed candles with open time in ``[start_ms, end_ms)``, sorted and de-duplicated.
 
-        The still-open candle (open time + timeframe beyond the exchange's clock) is dropped, so a
-        stored day never holds a candle that will still change.
+        Pages until the exchange answers an empty page (nothing left in the range) or a page
+        reaches ``end_ms``, so the result is the exchange's whole answer for the range: a day of the
+        range without candles really had none. The still-open candle (open time + timeframe beyond
+        the exchange's clock) is dropped, so a stored day never holds a candle that will still change.
         """
         self.check_market(symbol)
         tf_ms = timeframe_ms(timeframe)
@@ -224,7 +226,10 @@ class ExchangeClient:
                     f"{self.connection.exchange_id} {symbol} {timeframe}: asked for candles since "
                     f"{_iso(since)} and got only older ones (up to {_iso(last)})"
                 )
-            if len(rows) < limit or last + tf_ms >= end_ms:
+            # Only an empty page or reaching the end stops paging, never a short page: exchanges
+            # answer short pages (maintenance gaps, caps below the documented limit, proxies), and
+            # stopping there would store the rest of the range as empty days for good.
+            if last + tf_ms >= end_ms:
                 break
             since = last + tf_ms
         frame = _rows_to_frame(pages)
