@@ -30,13 +30,29 @@ def _date(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date like 2018-01-31") from None
 
 
+CLI_DAGSTER_YAML_V1 = (
+    "# Dagster instance created by the atlas CLI: SQLite storage in this folder.\n"
+    "# Production storage (PostgreSQL) and run launchers: see README.md.\n"
+    "telemetry:\n  enabled: false\n"
+)
+CLI_DAGSTER_YAML = CLI_DAGSTER_YAML_V1 + (
+    "# Dagster's run monitoring (the daemon of `atlas ui`): runs stuck STARTING for 180 s fail, runs\n"
+    "# stuck CANCELING are marked canceled. Runs of killed atlas processes are failed by Atlas itself\n"
+    "# (docs/debugging.md, Run hygiene): DefaultRunLauncher cannot health-check runs.\n"
+    "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 180\n  cancel_timeout_seconds: 180\n"
+)
+"""The dagster.yaml the CLI writes into a new home (and over its own earlier version, V1)."""
+
+
 def dagster_instance():
     """The instance at ``$DAGSTER_HOME``; without one, a persistent one under ``$ATLAS_HOME``.
 
-    Runs launched from the CLI then show up in ``dagster dev`` started with the same home.
+    Runs launched from the CLI then show up in ``dagster dev`` started with the same home. Runs
+    that killed atlas processes left unfinished on this host are marked failed first (run hygiene).
     """
     import dagster as dg
 
+    from atlas_pipeline.defs.run_hygiene import fail_dead_runs
     from atlas_pipeline.market_data.store import CandleStore
 
     if not os.environ.get("DAGSTER_HOME"):
@@ -46,14 +62,13 @@ def dagster_instance():
         home = Path(root) / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
         settings = home / "dagster.yaml"
-        if not settings.exists():
-            settings.write_text(
-                "# Dagster instance created by the atlas CLI: SQLite storage in this folder.\n"
-                "# Production storage (PostgreSQL) and run launchers: see README.md.\n"
-                "telemetry:\n  enabled: false\n"
-            )
+        if not settings.exists() or settings.read_text() == CLI_DAGSTER_YAML_V1:
+            settings.write_text(CLI_DAGSTER_YAML)
         os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    instance = dg.DagsterInstance.get()
+    for dead in fail_dead_runs(instance, reporter=f"atlas (pid {os.getpid()})"):
+        print(f"atlas: run {dead.run_id} ({dead.job_name}) marked failed: its process {dead.pid} is gone", file=sys.stderr)
+    return instance
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
@@ -129,6 +144,7 @@ def _backtest_settings(name: str):
 def cmd_backtest(args: argparse.Namespace) -> None:
     """Materialize backtest/<name> and metrics/<name> (and the leaderboard) in-process, print metrics."""
     from atlas_pipeline.defs.definitions import build_definitions
+    from atlas_pipeline.defs.research.assets import metrics_asset_key
     from atlas_pipeline.defs.research.launch import materialize_backtests
     from atlas_pipeline.market_data.store import CandleStore
     from atlas_pipeline.research.metrics import metrics_table_markdown
@@ -143,16 +159,21 @@ def cmd_backtest(args: argparse.Namespace) -> None:
     print(f"atlas backtest: {args.name} on {', '.join(symbols)}; Dagster instance {os.environ['DAGSTER_HOME']}", file=sys.stderr)
     runs = materialize_backtests(build_definitions(), instance, [settings], symbols)
     results = ResultStore(CandleStore().root)
+    reasons = []
     for symbol, run in zip(symbols, runs):
         if not run.success:
+            reasons.append(f"{run.label}: {run.failure_reason()}")
+            continue
+        if not run.materialized(metrics_asset_key(args.name)):  # stored metrics would be an older run's
+            reasons.append(f"{run.label}: run {run.result.run_id} ended without materializing metrics/{args.name}")
             continue
         result = results.load_result(args.name, symbol)
         print(f"\n## {args.name} {symbol} ({result.bars:,} bars after {result.warmup_bars} warm-up)\n")
         print(metrics_table_markdown(results.load_metrics(args.name, symbol) or {}))
         print(f"\nresults: {results.url(results.folder(args.name, symbol))}")
-    failed = [run for run in runs if not run.success]
-    if failed:
-        raise CommandFailed(f"{failed[0].label}: {failed[0].failure_reason()}")
+    reasons += [f"{run.label}: {run.failure_reason()}" for run in runs[len(symbols):] if not run.success]
+    if reasons:
+        raise CommandFailed(reasons[0])
 
 
 def cmd_report(args: argparse.Namespace) -> None:

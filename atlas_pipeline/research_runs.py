@@ -23,7 +23,7 @@ from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.research import engine, walkforward
 from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
 from atlas_pipeline.research.engine import BacktestSpec
-from atlas_pipeline.research.lookahead import LookaheadReport, check_lookahead
+from atlas_pipeline.research.lookahead import LookaheadReport
 from atlas_pipeline.research.metrics import compute_metrics
 from atlas_pipeline.research.report import ReportSection, write_html_report
 from atlas_pipeline.research.result_store import ResultStore
@@ -104,7 +104,9 @@ def run_backtest(
     """Run one configured backtest on one market's stored candles and save its outputs.
 
     With a grid it sweeps first (every core) and backtests the chosen candidate. Either way the
-    strategy as run is checked for lookahead bias.
+    strategy as run is checked for lookahead bias. The strategy's code runs only in worker
+    processes (``BacktestPool(isolate=True)``): one that exits or crashes its process fails this
+    backtest with ``StrategyCrashed`` (naming the exit code) instead of ending the caller's process.
     """
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -113,24 +115,24 @@ def run_backtest(
     sweep = None
     if settings.grid is not None:
         check_grid(settings, strategies_dir)
-        with BacktestPool(candles, spec, settings.timeframe, strategies_dir, sweep_workers()) as pool:
+    workers = sweep_workers() if settings.grid is not None else 1
+    with BacktestPool(candles, spec, settings.timeframe, strategies_dir, workers, isolate=True) as pool:
+        if settings.grid is not None:
             sweep = run_sweep(pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), progress=log)
-        results.save_sweep(settings.name, symbol, sweep.table)
-        seconds["sweep"] = time.perf_counter() - started
-        if sweep.chosen is None:
-            raise NoCandidatePassed(
-                f"sweep of {settings.name} {symbol}: none of {len(sweep.table)} candidates passed the filters "
-                f"({_rejections(sweep.table)}); the table is in {results.url(results.folder(settings.name, symbol))}/sweep.parquet"
-            )
-        spec = dataclasses.replace(spec, params={**spec.params, **sweep.chosen})
-    ran = time.perf_counter()
-    result = engine.run_backtest(candles, spec, settings.timeframe, strategies_dir)
-    checked = time.perf_counter()
-    lookahead = check_lookahead(candles, spec, settings.timeframe, strategies_dir)
+            results.save_sweep(settings.name, symbol, sweep.table)
+            seconds["sweep"] = time.perf_counter() - started
+            if sweep.chosen is None:
+                raise NoCandidatePassed(
+                    f"sweep of {settings.name} {symbol}: none of {len(sweep.table)} candidates passed the filters "
+                    f"({_rejections(sweep.table)}); the table is in {results.url(results.folder(settings.name, symbol))}/sweep.parquet"
+                )
+            spec = dataclasses.replace(spec, params={**spec.params, **sweep.chosen})
+        single = pool.backtest(spec.params, lookahead=True)
+    assert single.lookahead is not None
     saving = time.perf_counter()
-    folder = results.save_result(settings.name, symbol, result)
-    seconds.update(backtest=checked - ran, lookahead=saving - checked, save=time.perf_counter() - saving)
-    return BacktestRun(result, folder, spec, lookahead, sweep, seconds)
+    folder = results.save_result(settings.name, symbol, single.result)
+    seconds.update(single.seconds, save=time.perf_counter() - saving)
+    return BacktestRun(single.result, folder, spec, single.lookahead, sweep, seconds)
 
 
 def _rejections(table: pd.DataFrame) -> str:
@@ -163,7 +165,7 @@ def run_walk_forward(
     candles = stored_candles(settings, symbol, store)
     check_grid(settings, strategies_dir)
     spec = backtest_spec(settings)
-    with BacktestPool(candles, spec, settings.timeframe, strategies_dir, sweep_workers()) as pool:
+    with BacktestPool(candles, spec, settings.timeframe, strategies_dir, sweep_workers(), isolate=True) as pool:
         result = walkforward.run_walk_forward(
             pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), plan, progress=log
         )

@@ -14,7 +14,12 @@ then checks that both give the same closed trades (entry/exit times, net pnl) an
 value, prints the differences, and exits 1 if they disagree beyond 1e-9 or the ratio is under the
 bar. ``--variants`` also times the engine with each speed choice undone (backtrader's
 ``PandasData`` feed, ``runonce=False``, observers on, the broker's full per-bar loop) and checks
-each gives the same result.
+each gives the same result. ``--isolated`` times what running the strategy in a worker process
+costs per backtest (``BacktestPool(isolate=True).backtest``, as ``research_runs`` does so that a
+strategy cannot end the CLI or a Dagster step): the first backtest of a process (it starts the
+forkserver, which imports the engine) and later ones (a worker forked from it, candles sent in,
+the result sent back), each against the same backtest in-process, at 8,760 bars (a year of 1h)
+and at the full frame; it checks the isolated results equal the in-process ones.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import pandas as pd
 from atlas_pipeline.research import engine
 from atlas_pipeline.research.engine import BacktestSpec, run_backtest
 from atlas_pipeline.research.results import BacktestResult
+from atlas_pipeline.research.sweep import BacktestPool
 
 sys.path.insert(0, str(Path(__file__).parent))
 from store_read import synthetic_candles  # noqa: E402
@@ -143,10 +149,29 @@ def run_variants(candles: pd.DataFrame, reference: BacktestResult) -> bool:
     return ok
 
 
+def run_isolated(candles: pd.DataFrame) -> bool:
+    """Per-backtest overhead of a worker process; the first call of this process starts the forkserver."""
+    ok = True
+    for label, frame in (("8,760 bars", candles.iloc[:8_760]), (f"{len(candles):,} bars", candles)):
+        inline_s, inline = timed(lambda: run_backtest(frame, SPEC, "1m"))
+        runs = []
+        for _ in range(3):
+            with BacktestPool(frame, SPEC, "1m", workers=1, isolate=True) as pool:
+                runs.append(timed(pool.backtest))
+        first_s, later = runs[0][0], sorted(seconds for seconds, _ in runs[1:])
+        print(f"isolated {label:>14}: in-process {inline_s:6.3f} s; in a worker: first of the process {first_s:6.3f} s "
+              f"(+{first_s - inline_s:.3f} s), later {later[0]:6.3f}-{later[-1]:.3f} s (+{later[0] - inline_s:.3f} s)")
+        for _, single in runs:
+            ok &= compare(f"isolated vs in-process, {label}", single.result.equity["equity"].iloc[-1],
+                          atlas_trades(single.result), inline.equity["equity"].iloc[-1], atlas_trades(inline))
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--variants", action="store_true", help="also time the engine with each speed choice undone")
+    parser.add_argument("--isolated", action="store_true", help="also time a backtest in a worker process (per-backtest overhead)")
     args = parser.parse_args()
     candles = synthetic_candles("1m", START, START + dt.timedelta(days=args.days), seed=1)
     frame = indexed(candles)
@@ -166,6 +191,8 @@ def main() -> int:
     same = compare("atlas vs bare", result.equity["equity"].iloc[-1], atlas_trades(result), bare_value, bare_trades)
     if args.variants:
         same &= run_variants(candles, result)
+    if args.isolated:
+        same &= run_isolated(candles)
     return 0 if same and ratio >= BAR else 1
 
 

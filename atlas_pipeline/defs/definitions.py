@@ -14,6 +14,7 @@ from atlas_pipeline.defs.market_data.assets import build_ohlcv_asset
 from atlas_pipeline.defs.market_data.schedules import ohlcv_job, ohlcv_schedules
 from atlas_pipeline.defs.research.automation import research_automation_sensor
 from atlas_pipeline.defs.research.assets import build_backtest_assets, build_leaderboard_asset, build_walkforward_asset
+from atlas_pipeline.defs.run_hygiene import dead_runs_sensor
 from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.exchange_metadata import metadata_path
 
@@ -42,6 +43,6 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         assets=assets,
         jobs=jobs,
         schedules=schedules,
-        sensors=[research_automation_sensor()] if backtests.backtests else [],
+        sensors=[dead_runs_sensor(), *([research_automation_sensor()] if backtests.backtests else [])],
         resources={"candle_store": CandleStoreResource(root=store_root)},
     )

@@ -377,7 +377,8 @@ def _run(
             f"{short.candles} candles are too few for strategy {spec.strategy!r}: its indicators need "
             f"{short.warmup} bars of warm-up before the first decision"
         ) from None
-    except Exception as error:  # noqa: BLE001 - the strategy's code (or its indicators) raised
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - the strategy's code (or its indicators) raised
+        # (a sys.exit() in a strategy is its failure, not a request to end the process running it)
         raise strategy_failure(spec.strategy, strategy_file(spec.strategy, strategies_dir), error, "raised") from error
 
     effective = {**strategy_params(cls), **params}

@@ -31,6 +31,10 @@ class StrategyError(Exception):
     def __init__(self, strategy: str, message: str) -> None:
         super().__init__(f"strategy {strategy!r}: {message}")
         self.strategy = strategy
+        self.detail = message
+
+    def __reduce__(self):  # picklable, so it crosses from a worker process unchanged
+        return type(self), (self.strategy, self.detail)
 
 
 def _folder(strategies_dir: Path | str | None) -> Path:

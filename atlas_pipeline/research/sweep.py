@@ -26,6 +26,14 @@ Rules:
   threads. As with any non-fork start method, a script that uses a pool needs an
   ``if __name__ == "__main__":`` guard. Results are identical to a serial run: each job is a
   fresh, deterministic backtest.
+- **Isolation.** Strategy code is untrusted. With ``isolate=True`` every job (and
+  ``BacktestPool.backtest``) runs in a worker, even one job on one worker, so the caller's process
+  (the CLI, a Dagster step) survives whatever the strategy does; a worker that ends without
+  returning (``os._exit``, a crash in native code, a kill such as the OOM killer's) raises
+  ``StrategyCrashed`` with its exit code, and the pool starts new workers on its next use. A
+  ``sys.exit()`` in a strategy is an ordinary ``StrategyError`` (the engine catches it). Without
+  ``isolate``, one worker or one job runs in-process (a library user's choice; ``research_runs``
+  always isolates). Cost per backtest: ``bench/backtest.py --isolated``.
 """
 
 from __future__ import annotations
@@ -35,8 +43,11 @@ import itertools
 import math
 import multiprocessing
 import os
+import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +57,7 @@ import pandas as pd
 
 from atlas_pipeline.config.paths import strategies_dir as default_strategies_dir
 from atlas_pipeline.research.engine import BacktestSpec, StrategyError, run_backtest
+from atlas_pipeline.research.lookahead import LookaheadReport, check_lookahead
 from atlas_pipeline.research.metrics import METRIC_DESCRIPTIONS, compute_metrics
 from atlas_pipeline.research.results import BacktestResult
 
@@ -56,6 +68,8 @@ __all__ = [
     "BacktestPool",
     "JobOutcome",
     "Objective",
+    "SingleBacktest",
+    "StrategyCrashed",
     "SweepFilters",
     "SweepResult",
     "expand_grid",
@@ -66,7 +80,7 @@ __all__ = [
 OBJECTIVE_METRICS: tuple[str, ...] = tuple(k for k in METRIC_DESCRIPTIONS if k not in ("start", "end"))
 """Metrics a sweep can rank by: every numeric one."""
 LOWER_IS_BETTER = {"max_drawdown", "max_drawdown_duration_days", "annual_volatility"}
-PRELOAD = ["atlas_pipeline.research.engine", "atlas_pipeline.research.metrics"]
+PRELOAD = ["atlas_pipeline.research.engine", "atlas_pipeline.research.metrics", "atlas_pipeline.research.lookahead"]
 """Imported once in the fork server, so each worker starts with backtrader and pandas loaded."""
 PROGRESS_LINES = 10
 
@@ -126,6 +140,32 @@ class JobOutcome:
 
 
 @dataclass
+class SingleBacktest:
+    """``BacktestPool.backtest``'s answer: the result, its lookahead check (when asked) and timings."""
+
+    result: BacktestResult
+    lookahead: LookaheadReport | None
+    seconds: dict[str, float]
+    """``backtest`` and, when checked, ``lookahead``."""
+
+
+class StrategyCrashed(StrategyError):
+    """A worker process running strategy code ended without returning a result."""
+
+
+def exit_description(code: int | None) -> str:
+    """``exit code 0``, ``signal SIGKILL`` (a negative multiprocessing exit code), ``an unknown exit code``."""
+    if code is None:
+        return "an unknown exit code"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+@dataclass
 class _Context:
     candles: pd.DataFrame
     stamps: np.ndarray
@@ -166,6 +206,22 @@ def _worker_job(job: BacktestJob, keep: bool) -> JobOutcome:
     return _run_job(_WORKER, job, keep)
 
 
+def _single(context: _Context, params: dict[str, Any], lookahead: bool) -> SingleBacktest:
+    spec = dataclasses.replace(context.spec, params={**context.spec.params, **params})
+    began = time.perf_counter()
+    result = run_backtest(context.candles, spec, context.timeframe, context.strategies_dir)
+    ran = time.perf_counter()
+    if not lookahead:
+        return SingleBacktest(result, None, {"backtest": ran - began})
+    report = check_lookahead(context.candles, spec, context.timeframe, context.strategies_dir)
+    return SingleBacktest(result, report, {"backtest": ran - began, "lookahead": time.perf_counter() - ran})
+
+
+def _worker_single(params: dict[str, Any], lookahead: bool) -> SingleBacktest:
+    assert _WORKER is not None, "BacktestPool worker used without its initializer"
+    return _single(_WORKER, params, lookahead)
+
+
 class BacktestPool:
     """Runs backtest jobs on one candle frame, in worker processes (or in-process with 1 worker).
 
@@ -179,10 +235,13 @@ class BacktestPool:
         timeframe: str,
         strategies_dir: Path | None = None,
         workers: int | None = None,
+        isolate: bool = False,
     ) -> None:
         self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
         if self.workers < 1:
             raise ValueError(f"BacktestPool needs workers >= 1, got {workers}")
+        self.isolate = isolate
+        """Run strategy code only in worker processes (module doc, "Isolation")."""
         # resolved here so every worker reads the same folder whatever its environment
         folder = Path(strategies_dir) if strategies_dir is not None else default_strategies_dir()
         # a plain dict: the spec's default params are a mappingproxy, which cannot be pickled
@@ -234,9 +293,10 @@ class BacktestPool:
     ) -> list[JobOutcome]:
         """Every job's outcome, in job order; ``progress(done, total)`` after each job finishes.
 
-        A single job runs in-process too: no worker could start it sooner."""
+        Unless the pool isolates, a single job runs in-process too: no worker could start it sooner.
+        Raises ``StrategyCrashed`` when a worker dies."""
         total = len(jobs)
-        if self.workers == 1 or total <= 1:
+        if not self.isolate and (self.workers == 1 or total <= 1):
             serial = []
             for done, job in enumerate(jobs, 1):
                 serial.append(_run_job(self._context, job, keep_results))
@@ -252,11 +312,44 @@ class BacktestPool:
                 outcomes[futures[future]] = future.result()  # re-raises a worker's unexpected error
                 if progress:
                     progress(done, total)
+        except BrokenProcessPool:
+            raise self._crashed() from None
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
         return outcomes
+
+    def backtest(self, params: Mapping[str, Any] | None = None, lookahead: bool = False) -> SingleBacktest:
+        """One backtest of the pool's spec, ``params`` over its params, on all the pool's candles,
+        and its lookahead check when asked. Raises what the backtest raises (``StrategyError``,
+        ``TooFewCandlesError``), or ``StrategyCrashed``. In a worker when the pool isolates."""
+        params = dict(params or {})
+        if not self.isolate:
+            return _single(self._context, params, lookahead)
+        return self._result(self._pool().submit(_worker_single, params, lookahead))
+
+    def _result(self, future: Future) -> Any:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise self._crashed() from None
+
+    def _crashed(self) -> StrategyCrashed:
+        """The error for a broken pool, naming the dead worker's exit code; the pool is reset."""
+        executor, self._executor = self._executor, None
+        # CPython keeps the workers (pid -> Process) here; nothing public reports their exit codes
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        codes = [p.exitcode for p in processes if p.exitcode is not None]
+        # the pool SIGTERMs the other workers once one died: report the one that died by itself
+        own = [c for c in codes if c != -signal.SIGTERM] or codes
+        return StrategyCrashed(
+            self.spec.strategy,
+            f"its worker process ended with {exit_description(own[0] if own else None)} before returning a result "
+            "(os._exit, a crash in native code, or a kill such as the OOM killer's)",
+        )
 
 
 @dataclass

@@ -12,6 +12,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL
+from atlas_pipeline.defs.run_hygiene import process_tags
 from atlas_pipeline.defs.run_results import LaunchedRun
 from atlas_pipeline.market_data.candles import symbol_key
 
@@ -49,15 +50,17 @@ def materialize_ohlcv_range(
         "loggers": {"console": {"config": {"log_level": log_level}}},  # INFO: progress, not every event
     }
     runs: list[LaunchedRun] = []
+    process = process_tags()  # so a run this process leaves behind when killed is marked failed later
     for symbol in symbols:
         result = job.execute_in_process(
             instance=instance,
             asset_selection=keys,
             run_config=run_config,
-            tags=partition_range_tags(symbol, start, end - dt.timedelta(days=1)),
+            tags={**process, **partition_range_tags(symbol, start, end - dt.timedelta(days=1))},
             raise_on_error=False,
         )
         runs.append(LaunchedRun(symbol, result))
+        runs[-1].raise_if_interrupted()
         if not result.success:
             break
     return runs

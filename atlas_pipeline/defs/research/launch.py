@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from atlas_pipeline.config.backtests import BacktestSettings
+from atlas_pipeline.defs.run_hygiene import process_tags
 from atlas_pipeline.defs.run_results import LaunchedRun
 from atlas_pipeline.defs.research.assets import (
     LEADERBOARD_KEY,
@@ -31,14 +32,18 @@ def materialize_backtests(
     A failing backtest does not stop the others.
     """
     runs = []
+    tags = process_tags()  # so a run this process leaves behind when killed is marked failed later
     for settings in backtests:
         keys = [backtest_asset_key(settings.name), metrics_asset_key(settings.name)]
         if settings.walk_forward is not None:
             keys.append(walkforward_asset_key(settings.name))
         assets = [defs.resolve_assets_def(key) for key in keys]
         for symbol in symbols or settings.symbols:
-            result = dg.materialize(assets, instance=instance, partition_key=symbol_key(symbol), raise_on_error=False)
+            result = dg.materialize(
+                assets, instance=instance, partition_key=symbol_key(symbol), tags=tags, raise_on_error=False
+            )
             runs.append(LaunchedRun(f"{settings.name} {symbol}", result))
-    board = dg.materialize([defs.resolve_assets_def(LEADERBOARD_KEY)], instance=instance, raise_on_error=False)
+            runs[-1].raise_if_interrupted()
+    board = dg.materialize([defs.resolve_assets_def(LEADERBOARD_KEY)], instance=instance, tags=tags, raise_on_error=False)
     runs.append(LaunchedRun("leaderboard", board))
     return runs
