@@ -111,6 +111,23 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         raise CommandFailed(f"{failed[0].label}: {failed[0].failure_reason()}")
 
 
+def cmd_verify(args: argparse.Namespace) -> None:
+    """Check every candle file; with --repair quarantine bad ones and refetch their days."""
+    from atlas_pipeline.market_data.store import CandleStore, CorruptStoreFile
+    from atlas_pipeline.store_repair import verify_store
+
+    try:
+        failure = verify_store(
+            CandleStore(), args.exchange, args.symbol, args.timeframe, repair=args.repair, instance=dagster_instance
+        )
+    except CorruptStoreFile as error:
+        raise CommandFailed(str(error)) from None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if failure:
+        raise CommandFailed(failure)
+
+
 def cmd_emulator(args: argparse.Namespace) -> None:
     from atlas_pipeline.market_data.emulator import build_emulator, parse_fault_spec
 
@@ -236,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--end", type=_date, help="day after the last, UTC (default: tomorrow, i.e. through today)")
     fetch.add_argument("--full-refresh", action="store_true", help="refetch days already stored complete")
     fetch.set_defaults(handler=cmd_fetch)
+
+    verify = commands.add_parser("verify", help="check every stored candle file; --repair quarantines bad ones and refetches their days")
+    verify.add_argument("--exchange", help="only this exchange")
+    verify.add_argument("--symbol", help="only this market, e.g. BTC/USDT")
+    verify.add_argument("--timeframe", help="only this timeframe, e.g. 1h")
+    verify.add_argument("--repair", action="store_true", help="quarantine bad files, refetch their days through the OHLCV asset")
+    verify.set_defaults(handler=cmd_verify)
 
     emulator = commands.add_parser("emulator", help="serve a Binance-compatible REST API on loopback")
     emulator.add_argument("--port", type=int, default=8765)

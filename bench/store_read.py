@@ -1,8 +1,9 @@
 """Candle store speed: 9 years (2017-01-01 -> 2026-01-01) of synthetic 1h and 1m candles.
 
 Run: ``/work/venv/bin/python bench/store_read.py [ROOT]`` (default: a temp folder). Prints the
-backfill write time (``write_days``), the whole-range read time (best of 3), the coverage time and a
-one-day write into an existing file. ``bench/ingest.py`` reuses ``measure_store_reads``.
+backfill write time (``write_days``), the whole-range read time (best of 3), the coverage time, the
+time ``verify`` takes to check every file, and a one-day write into an existing file. Reads include
+checking each file's CRC and the frame contract. ``bench/ingest.py`` reuses ``measure_store_reads``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def measure_store_reads(root: str, timeframes: tuple[str, ...] = ("1h", "1m")) -
         numbers[f"read 9y {timeframe}"], frame = _best_of(lambda: store.read(EXCHANGE, SYMBOL, timeframe, START, END))
         numbers[f"rows 9y {timeframe}"] = len(frame)
         numbers[f"coverage 9y {timeframe}"], _ = _best_of(lambda: store.coverage(EXCHANGE, SYMBOL, timeframe))
+        numbers[f"verify 9y {timeframe}"], _ = _best_of(lambda: store.verify(EXCHANGE, SYMBOL, timeframe))
         day = dt.date(2024, 6, 1)
         numbers[f"write 1 day {timeframe}"], _ = _best_of(
             lambda: store.write_day(EXCHANGE, SYMBOL, timeframe, day, days[day], complete=True)

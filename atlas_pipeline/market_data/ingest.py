@@ -207,7 +207,7 @@ def _ingest_chunk(
     listed_from = first if first is not None else closed_before
 
     started = time.perf_counter()
-    stored = {status.day: status for status in _coverage(store, exchange, symbol, timeframe, wanted)}
+    stored = {status.day: status for status in _coverage(store, exchange, symbol, timeframe, wanted, log)}
     frames: dict[dt.date, pd.DataFrame] = {}
     to_fetch: list[tuple[dt.date, int]] = []  # (day, fetch from ms)
     for day in wanted:
@@ -293,8 +293,27 @@ def _closed_before(now_ms: int, tf_ms: int) -> int:
     return now_ms - tf_ms + 1
 
 
-def _coverage(store: CandleStore, exchange: str, symbol: str, timeframe: str, days: list[dt.date]):
-    table = store.coverage(exchange, symbol, timeframe, days[0], days[-1] + dt.timedelta(days=1))
+def _coverage(store: CandleStore, exchange: str, symbol: str, timeframe: str, days: list[dt.date], log: Logger):
+    """Stored days' statuses, after reading the range's files whole: if one is corrupt (truncated,
+    altered), none of the days count as stored, so all are fetched again and the write quarantines
+    the bad file, instead of the file blocking every run until repaired."""
+    start, end = days[0], days[-1] + dt.timedelta(days=1)
+    problems = store.verify(exchange, symbol, timeframe, start=start, end=end)
+    corrupt = [p for p in problems if p.kind == "corrupt" and p.path.endswith(".parquet")]
+    for problem in corrupt:
+        other = sorted(set(problem.days) - set(days))
+        lost = (
+            f"; its other {len(other)} days ({other[0]}..{other[-1]}) are then not stored unless this run covers them "
+            "(atlas fetch --full-refresh over them restores them)"
+            if other
+            else ""
+        )
+        log.warning(
+            f"{problem.path}: {problem.reason}; {days[0]}..{days[-1]} are fetched again and the write quarantines it{lost}"
+        )
+    if corrupt:
+        return
+    table = store.coverage(exchange, symbol, timeframe, start, end)
     wanted = set(days)
     for status in table.itertuples(index=False):
         if status.day in wanted:
