@@ -44,6 +44,13 @@ CLI_DAGSTER_YAML = CLI_DAGSTER_YAML_V1 + (
 """The dagster.yaml the CLI writes into a new home (and over its own earlier version, V1)."""
 
 
+PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
+"""One "materialization planned" event per asset of a range run instead of one per partition.
+SQLite stores events one at a time (~9 ms each): a 1m backfill since 2017 (3,621 partitions) spent
+33 s creating its run before its first line of progress. Dagster's trade-off, documented in its
+code: the partitions of a failed range run show as missing rather than failed."""
+
+
 def dagster_instance():
     """The instance at ``$DAGSTER_HOME``; without one, a persistent one under ``$ATLAS_HOME``.
 
@@ -65,6 +72,7 @@ def dagster_instance():
         if not settings.exists() or settings.read_text() == CLI_DAGSTER_YAML_V1:
             settings.write_text(CLI_DAGSTER_YAML)
         os.environ["DAGSTER_HOME"] = str(home)
+    os.environ.setdefault(PLANNED_EVENTS_ENV, "true")
     instance = dg.DagsterInstance.get()
     for dead in fail_dead_runs(instance, reporter=f"atlas (pid {os.getpid()})"):
         print(f"atlas: run {dead.run_id} ({dead.job_name}) marked failed: its process {dead.pid} is gone", file=sys.stderr)
@@ -303,6 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atlas: failed: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("atlas: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as error:  # Dagster's own Ctrl-C, when it lands outside a step
+        if type(error).__name__ != "DagsterExecutionInterruptedError":
+            raise
         print("atlas: interrupted", file=sys.stderr)
         return 130
     return 0
