@@ -307,6 +307,29 @@ def test_ingest_refetches_the_days_of_a_truncated_file(tmp_path: Path, emulator_
     assert store.verify() == [] and len(list((store_root / "quarantine").rglob("2018.parquet.*"))) == 1
 
 
+def test_ingest_over_a_corrupt_file_restores_its_other_days_too(tmp_path: Path, emulator_factory) -> None:
+    """Quarantining a file must not turn the days it held outside the run into a silent gap."""
+    server = emulator_factory(FileCandleSource(SHARED_CANDLES))
+    config = write_exchange_config(tmp_path / "config", server.base_url)
+    store_root = tmp_path / "store"
+    start, end = D(2018, 1, 12), D(2018, 1, 20)
+    with dg.instance_for_test() as instance:
+        [run] = run_range(config, store_root, instance, [SYM], start, end)
+        assert run.success
+        path = series_dir(store_root) / "2018.parquet"
+        flip(path, 4000, 0x10)  # a data page: the bookkeeping still says which days the file held
+        [rerun] = run_range(config, store_root, instance, [SYM], D(2018, 1, 14), D(2018, 1, 16))
+        assert rerun.success, rerun.failure_reason()
+        partitions = {event.partition for event in rerun.result.get_asset_materialization_events()}
+        logs = "\n".join(r.user_message for r in instance.all_logs(rerun.result.run_id))
+    assert f"{path}: " in logs and "and 6 more it held" in logs
+    assert partitions == {"2018-01-14|ETH-BTC", "2018-01-15|ETH-BTC"}  # only the run's partitions
+    store = CandleStore(store_root)
+    assert_frames_equal(store.read(EX, SYM, TF, start, end), between(shared_candles("binance_ETH-BTC_5m"), start, end))
+    assert list(store.coverage(EX, SYM, TF)["day"]) == [start + dt.timedelta(days=i) for i in range(8)]
+    assert store.verify() == []
+
+
 def atlas(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "atlas_pipeline.cli", *args],

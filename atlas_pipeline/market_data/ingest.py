@@ -31,6 +31,7 @@ import pandas as pd
 from atlas_pipeline.market_data.candles import (
     DAY_MS,
     candles_per_day,
+    day_of_ms,
     day_start_ms,
     empty_candles,
     ms_to_iso,
@@ -200,14 +201,18 @@ def _ingest_chunk(
     full_refresh: bool,
     log: Logger,
 ) -> None:
-    """Plan, fetch, merge, validate and write one chunk; adds its days and checks to ``report``."""
+    """Plan, fetch, merge, validate and write one chunk; adds its days and checks to ``report``.
+
+    Days of a corrupt file in the chunk that lie outside it are fetched and written too (not
+    reported: they are not this run's partitions), so quarantining the file loses none of them."""
     exchange = client.connection.exchange_id
     tf_ms = timeframe_ms(timeframe)
     timings = report.seconds
     listed_from = first if first is not None else closed_before
 
     started = time.perf_counter()
-    stored = {status.day: status for status in _coverage(store, exchange, symbol, timeframe, wanted, log)}
+    stored, restore = _stored_days(store, exchange, symbol, timeframe, wanted, closed_before, log)
+    requested, wanted = wanted, sorted({*wanted, *restore})
     frames: dict[dt.date, pd.DataFrame] = {}
     to_fetch: list[tuple[dt.date, int]] = []  # (day, fetch from ms)
     for day in wanted:
@@ -257,17 +262,18 @@ def _ingest_chunk(
     _add_time(timings, "validate", started)
 
     refreshed = {day for day in wanted if day not in kept}
+    complete = {day: day_start_ms(day) + DAY_MS <= closed_before for day in wanted}
     report.days.extend(
         DayReport(
             day=day,
             rows=len(frames[day]),
             missing=missing[day],
-            complete=day_start_ms(day) + DAY_MS <= closed_before,
+            complete=complete[day],
             fetched=day in refreshed,
             first_timestamp=int(frames[day]["timestamp"].iloc[0]) if len(frames[day]) else None,
             last_timestamp=int(frames[day]["timestamp"].iloc[-1]) if len(frames[day]) else None,
         )
-        for day in wanted
+        for day in requested
     )
     started = time.perf_counter()
     if report.passed and refreshed:
@@ -276,7 +282,7 @@ def _ingest_chunk(
             symbol,
             timeframe,
             {day: frames[day] for day in sorted(refreshed)},
-            complete={d.day: d.complete for d in report.days[-len(wanted):] if d.day in refreshed},
+            complete={day: complete[day] for day in refreshed},
         )
         report.written = True
         written = sum(len(frames[day]) for day in refreshed)
@@ -293,31 +299,36 @@ def _closed_before(now_ms: int, tf_ms: int) -> int:
     return now_ms - tf_ms + 1
 
 
-def _coverage(store: CandleStore, exchange: str, symbol: str, timeframe: str, days: list[dt.date], log: Logger):
-    """Stored days' statuses, after reading the range's files whole: if one is corrupt (truncated,
-    altered), none of the days count as stored, so all are fetched again and the write quarantines
-    the bad file, instead of the file blocking every run until repaired."""
+def _stored_days(
+    store: CandleStore,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    days: list[dt.date],
+    closed_before: int,
+    log: Logger,
+) -> tuple[dict[dt.date, tuple], list[dt.date]]:
+    """Stored days' coverage rows (named tuples), after reading the range's files whole, and the
+    days to restore.
+
+    If a file is corrupt (truncated, altered), none of the days count as stored, so all are
+    fetched again and the write quarantines the bad file instead of it blocking every run until
+    repaired; its days outside ``days`` (up to today) are returned to be fetched as well."""
     start, end = days[0], days[-1] + dt.timedelta(days=1)
     problems = store.verify(exchange, symbol, timeframe, start=start, end=end)
     corrupt = [p for p in problems if p.kind == "corrupt" and p.path.endswith(".parquet")]
-    for problem in corrupt:
-        other = sorted(set(problem.days) - set(days))
-        lost = (
-            f"; its other {len(other)} days ({other[0]}..{other[-1]}) are then not stored unless this run covers them "
-            "(atlas fetch --full-refresh over them restores them)"
-            if other
-            else ""
-        )
-        log.warning(
-            f"{problem.path}: {problem.reason}; {days[0]}..{days[-1]} are fetched again and the write quarantines it{lost}"
-        )
     if corrupt:
-        return
+        today = day_of_ms(closed_before)
+        restore = sorted({day for p in corrupt for day in p.days if day <= today} - set(days))
+        for problem in corrupt:
+            log.warning(
+                f"{problem.path}: {problem.reason}; its days are fetched again ({days[0]}..{days[-1]}"
+                f"{f' and {len(restore)} more it held' if restore else ''}) and the write quarantines it"
+            )
+        return {}, restore
     table = store.coverage(exchange, symbol, timeframe, start, end)
     wanted = set(days)
-    for status in table.itertuples(index=False):
-        if status.day in wanted:
-            yield status
+    return {status.day: status for status in table.itertuples(index=False) if status.day in wanted}, []
 
 
 def _group(to_fetch: list[tuple[dt.date, int]], closed_before: int) -> list[_Fetch]:
