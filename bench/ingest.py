@@ -1,7 +1,7 @@
 """Ingest speed: a 2017 -> today single-run backfill through the Dagster asset, against its floors.
 
-Run: ``/work/venv/bin/python bench/ingest.py [--symbol BTC/USDT] [--timeframe 1h] [--start 2017-01-01]
-[--postgres-url URL]``. One run prints:
+Run: ``.venv/bin/python bench/ingest.py [--symbol BTC/USDT] [--timeframe 1h] [--start 2017-01-01]
+[--postgres-url URL] [--only-cli]``. One run prints:
 (a) the wall time of the real OHLCV asset (``materialize_ohlcv_range``: one range run for one market)
     on a fresh SQLite Dagster instance and a fresh candle store, ccxt talking to a synthetic emulator
     with rate limiting off;
@@ -9,8 +9,8 @@ Run: ``/work/venv/bin/python bench/ingest.py [--symbol BTC/USDT] [--timeframe 1h
     on a fresh instance of the same kind: Dagster's own floor (DESIGN.md section 10). The bar is
     pipeline / no-op <= 1.3;
 (c) the same range paged with bare ccxt against the same emulator, and the ratios to it;
-(d) ``atlas fetch`` of the same backfill as a user runs it, in its own process on a fresh home:
-    its peak RSS (bar < 500 MB: candles go to the store a chunk at a time) and the time from the
+(d) measured first (``--only-cli``: nothing else): ``atlas fetch`` of the same backfill as a user
+    runs it, in its own process on a fresh home: its peak RSS (bar < 500 MB: candles go to the store a chunk at a time) and the time from the
     command's start to its first progress line from the asset (bar <= 5 s);
 (e) the candle store's write/read times for 9 years of 1h and 1m candles (``bench/store_read.py``).
 It checks that the candles the pipeline stored equal those bare ccxt fetched, and exits 1 if not
@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -250,13 +250,39 @@ def run_cli_process(backfill: Backfill, home: Path) -> ProcessRun:
     began = time.perf_counter()
     first_progress, last_line = None, ""
     with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) as child:
+        peak = _PeakRss(child.pid)
         for line in child.stderr:
             if first_progress is None and f"{backfill.symbol} {backfill.timeframe}:" in line and " - dagster - " in line:
                 first_progress = time.perf_counter() - began
             last_line = line.strip() or last_line
+        peak.stop()
     seconds = time.perf_counter() - began
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the only child this bench waits for
-    return ProcessRun(seconds, first_progress, peak_kb / 1024, child.returncode, last_line)
+    return ProcessRun(seconds, first_progress, peak.kb / 1024, child.returncode, last_line)
+
+
+class _PeakRss:
+    """The child's own high-water RSS (``VmHWM``), sampled until it exits. Not ``getrusage``: Linux
+    counts a child's RSS from before its exec, i.e. this bench's own peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.kb = 0
+        self._path = f"/proc/{pid}/status"
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.1):
+            try:
+                with open(self._path) as status:
+                    line = next(l for l in status if l.startswith("VmHWM:"))
+            except (OSError, StopIteration):
+                continue
+            self.kb = max(self.kb, int(line.split()[1]))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def print_process(run: ProcessRun) -> None:
@@ -302,6 +328,13 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         config_dir = bench_config(work / "config", emulator.base_url, args.symbol, args.timeframe, args.start)
         settings = load_exchanges_config(config_dir).get(EXCHANGE)
         backfill = Backfill(args.symbol, args.timeframe, args.start, today + dt.timedelta(days=1), settings, config_dir)
+        print(f"backfill {args.start}..{today} {args.symbol} {args.timeframe} ({backfill.partitions:,} partitions; "
+              f"emulator seed {DEMO_SEED}, rate limit off)", flush=True)
+        process = run_cli_process(backfill, work / "cli-home")  # first: nothing else has run yet
+        print_process(process)
+        failed |= process.returncode != 0
+        if args.only_cli:
+            return 1 if failed else 0
         warm_up(backfill, work)
 
         with sqlite_instance(work / "dagster-pipeline") as instance:
@@ -312,14 +345,10 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         same, note = compare(backfill, pipeline, bare)
         candles = len(CandleStore(pipeline.store_root).read(EXCHANGE, args.symbol, args.timeframe))
 
-        print(f"backfill {args.start}..{today} {args.symbol} {args.timeframe} "
-              f"({backfill.partitions:,} partitions, {candles:,} candles; emulator seed {DEMO_SEED}, rate limit off)")
+        print(f"  in-process runs ({candles:,} candles stored):")
         print_backfill("SQLite", pipeline, noop, bare_seconds, bare_requests)
         print(f"  stored == bare ccxt: {'yes' if same else 'NO'} ({note})")
         failed |= not same
-        process = run_cli_process(backfill, work / "cli-home")
-        print_process(process)
-        failed |= process.returncode != 0
 
         if args.postgres_url:
             try:
@@ -346,6 +375,7 @@ def main() -> None:
     parser.add_argument("--timeframe", default="1h")
     parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2017, 1, 1))
     parser.add_argument("--postgres-url", help="also run (a) and (b) on a dagster-postgres instance")
+    parser.add_argument("--only-cli", action="store_true", help="only (d): atlas fetch's peak RSS and first progress line")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="atlas-ingest-bench-") as work:
         try:
