@@ -30,3 +30,10 @@ def ohlcv_partitions(settings: ExchangeSettings) -> dg.MultiPartitionsDefinition
 def symbols_by_key(settings: ExchangeSettings) -> dict[str, str]:
     """Partition key -> ccxt symbol (``BTC-USDT`` -> ``BTC/USDT``)."""
     return {symbol_key(m): m for m in settings.markets}
+
+
+def market_keys(settings: ExchangeSettings, instance: dg.DagsterInstance | None = None) -> list[str]:
+    """The market dimension's partition keys as they are now, for code that enumerates markets
+    (schedules, sensors, the CLI). Static today; an exchange entry whose markets come from universe
+    rules will read them from ``instance`` (dynamic partitions), so call it with one where you can."""
+    return list(symbols_by_key(settings))
