@@ -109,7 +109,16 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         file=sys.stderr,
     )
     runs = materialize_ohlcv_range(
-        build_definitions(), instance, args.exchange, timeframes, symbols, start, end, full_refresh=args.full_refresh
+        build_definitions(),
+        instance,
+        args.exchange,
+        timeframes,
+        symbols,
+        start,
+        end,
+        full_refresh=args.full_refresh,
+        only_needed=True,
+        say=lambda line: print(line, file=sys.stderr),
     )
     for run in runs:
         status = "ok" if run.success else "FAILED"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
-from atlas_pipeline.market_data.candles import symbol_key
+from atlas_pipeline.market_data.candles import consecutive_ranges, symbol_key
 from atlas_pipeline.market_data.store import CandleStore, CorruptStoreFile, StoreProblem
 
 if TYPE_CHECKING:
@@ -136,14 +136,3 @@ def _refetch(refetch: list[_Refetch], instance: Callable[[], dg.DagsterInstance]
             if failed:
                 failures.append(f"{label} {start}..{end}: {failed[0].failure_reason()}")
     return failures
-
-
-def consecutive_ranges(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
-    """Sorted days as ``[start, end)`` ranges of consecutive days."""
-    ranges: list[tuple[dt.date, dt.date]] = []
-    for day in days:
-        if ranges and ranges[-1][1] == day:
-            ranges[-1] = (ranges[-1][0], day + dt.timedelta(days=1))
-        else:
-            ranges.append((day, day + dt.timedelta(days=1)))
-    return ranges

@@ -152,6 +152,16 @@ def test_an_interrupted_1m_backfill_keeps_what_it_validated_and_the_rerun_contin
     assert synthetic.stats["requests"]["klines"] <= 1 + -(-remaining * 1440 // 1000) + 3
     _assert_no_day_complete_with_candles_missing(store, synthetic.source, "1m", start, end)
 
+    # Up to date now: the same command makes no request and starts no run.
+    synthetic.reset_stats()
+    again = subprocess.run(
+        [sys.executable, "-m", "atlas_pipeline.cli", "fetch", "--exchange", "binance", *args],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"{MARKET}: up to date ({(end - start).days} days" in again.stderr
+    assert synthetic.stats["total"] == 0
+
     # Each CLI range run logged one "materialization planned" event, not one per partition (151):
     # SQLite stores events one by one, which delayed a 1m backfill's first progress line by 30 s.
     with dg.DagsterInstance.from_config(str(tmp_path / "home" / "dagster_home")) as instance:

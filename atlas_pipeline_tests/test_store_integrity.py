@@ -30,7 +30,7 @@ from atlas_pipeline import CandleStore
 from atlas_pipeline.market_data.candles import DAY_MS, day_start_ms, split_by_day
 from atlas_pipeline.market_data.emulator import FileCandleSource
 from atlas_pipeline.market_data.store import CorruptStoreFile
-from atlas_pipeline.store_repair import consecutive_ranges
+from atlas_pipeline.market_data.candles import consecutive_ranges
 from atlas_pipeline_tests.support import (
     SHARED_CANDLES,
     assert_frames_equal,

@@ -70,6 +70,17 @@ def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days)]
 
 
+def consecutive_ranges(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    """Sorted days as ``[start, end)`` ranges of consecutive days."""
+    ranges: list[tuple[dt.date, dt.date]] = []
+    for day in days:
+        if ranges and ranges[-1][1] == day:
+            ranges[-1] = (ranges[-1][0], day + dt.timedelta(days=1))
+        else:
+            ranges.append((day, day + dt.timedelta(days=1)))
+    return ranges
+
+
 def empty_candles() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in CANDLE_DTYPES.items()})
 

@@ -1,11 +1,12 @@
 """Materialize OHLCV partition ranges in-process, the way a single-run backfill does.
 
-Used by ``atlas fetch``, the demo and the benchmark, so they run the very asset code the UI runs:
-one run per market covering its whole date range, recorded in the given Dagster instance.
+Used by ``atlas fetch``, ``atlas verify --repair``, the demo and the benchmark, so they run the very
+asset code the UI runs: one run per market covering its date range (``atlas fetch``: only the days
+that still need work), recorded in the given Dagster instance.
 """
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -14,7 +15,8 @@ from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL
 from atlas_pipeline.defs.run_hygiene import process_tags
 from atlas_pipeline.defs.run_results import LaunchedRun
-from atlas_pipeline.market_data.candles import symbol_key
+from atlas_pipeline.market_data.candles import consecutive_ranges, days_between, symbol_key
+from atlas_pipeline.market_data.store import CandleStore
 
 
 def partition_range_tags(symbol: str, start: dt.date, last_day: dt.date) -> dict[str, str]:
@@ -35,10 +37,15 @@ def materialize_ohlcv_range(
     end: dt.date,
     *,
     full_refresh: bool = False,
+    only_needed: bool = False,
+    say: Callable[[str], None] | None = None,
     log_level: str = "INFO",
 ) -> list[LaunchedRun]:
-    """One in-process run per market over days ``[start, end)``; stops at the first failure.
+    """In-process runs per market over days ``[start, end)``; stops at the first failure.
 
+    ``only_needed`` (not with ``full_refresh``): a market's runs cover only its days that still
+    need work (``days_needing_work``), one run per consecutive range of them, and a market with
+    none gets no run at all (``say`` reports it): an up-to-date range costs no request and no run.
     ``log_level`` is the console logger's: INFO shows progress; WARNING keeps a benchmark quiet.
     """
     if end <= start:
@@ -49,21 +56,62 @@ def materialize_ohlcv_range(
         "ops": {_op_name(key): {"config": {"full_refresh": full_refresh}} for key in keys},
         "loggers": {"console": {"config": {"log_level": log_level}}},  # INFO: progress, not every event
     }
+    store: CandleStore = defs.resources["candle_store"].get_store()
     runs: list[LaunchedRun] = []
     process = process_tags()  # so a run this process leaves behind when killed is marked failed later
     for symbol in symbols:
-        result = job.execute_in_process(
-            instance=instance,
-            asset_selection=keys,
-            run_config=run_config,
-            tags={**process, **partition_range_tags(symbol, start, end - dt.timedelta(days=1))},
-            raise_on_error=False,
-        )
-        runs.append(LaunchedRun(symbol, result))
-        runs[-1].raise_if_interrupted()
-        if not result.success:
-            break
+        ranges = [(start, end)]
+        if only_needed and not full_refresh:
+            days = days_needing_work(instance, store, exchange, timeframes, symbol, days_between(start, end))
+            ranges = consecutive_ranges(days)
+            if not ranges and say is not None:
+                say(f"{symbol}: up to date ({(end - start).days} days stored complete and recorded in Dagster): no run")
+        for first, after in ranges:
+            label = symbol if (first, after) == (start, end) else f"{symbol} {first}..{after - dt.timedelta(days=1)}"
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=keys,
+                run_config=run_config,
+                tags={**process, **partition_range_tags(symbol, first, after - dt.timedelta(days=1))},
+                raise_on_error=False,
+            )
+            runs.append(LaunchedRun(label, result))
+            runs[-1].raise_if_interrupted()
+            if not result.success:
+                return runs
     return runs
+
+
+def days_needing_work(
+    instance: dg.DagsterInstance,
+    store: CandleStore,
+    exchange: str,
+    timeframes: Sequence[str],
+    symbol: str,
+    days: list[dt.date],
+) -> list[dt.date]:
+    """``days`` a run still has to do for ``symbol`` in any of ``timeframes``: not stored complete,
+    in a file that fails verification, or not recorded as materialized in Dagster (a backfill cut
+    short keeps its stored days unrecorded; the run records them without a request).
+
+    Cost: the store's files of the range read once (verified) and one event-log query per
+    timeframe for the range's partition keys; no partition enumeration of the whole asset.
+    """
+    if not days:
+        return []
+    key = symbol_key(symbol)
+    by_partition = {str(dg.MultiPartitionKey({DATE: day.isoformat(), SYMBOL: key})): day for day in days}
+    lo, hi = days[0], days[-1] + dt.timedelta(days=1)
+    needed: set[dt.date] = set()
+    for timeframe in timeframes:
+        damaged = {d for p in store.verify(exchange, symbol, timeframe, start=lo, end=hi) if p.kind == "corrupt" for d in p.days}
+        coverage = store.coverage(exchange, symbol, timeframe, lo, hi)
+        complete = set(coverage.loc[coverage["complete"], "day"]) - damaged
+        recorded = instance.get_latest_storage_id_by_partition(
+            ohlcv_asset_key(exchange, timeframe), dg.DagsterEventType.ASSET_MATERIALIZATION, set(by_partition)
+        )
+        needed.update(day for partition, day in by_partition.items() if day not in complete or partition not in recorded)
+    return sorted(needed)
 
 
 def _op_name(key: dg.AssetKey) -> str:
