@@ -64,11 +64,11 @@ def test_bad_exchange_settings_name_file_key_and_value(
     assert value in message and reason in message, message
 
 
-def test_too_many_markets_explains_the_partition_cap(tmp_path: Path) -> None:
-    markets = [f"C{i}/USDT" for i in range(26)]
-    message = str(load_error(tmp_path, {"binance": {**GOOD, "markets": markets}}))
-    assert "exchanges.binance.markets" in message
-    assert "at most 25" in message and "100,000 partitions" in message
+def test_hundreds_of_markets_are_one_entry(tmp_path: Path) -> None:
+    """The old 25-market cap is gone: a universe of 500 markets is one exchange entry."""
+    markets = [f"C{i}/USDT" for i in range(500)]
+    (tmp_path / "exchanges.yaml").write_text(yaml.safe_dump({"exchanges": {"binance": {**GOOD, "markets": markets}}}))
+    assert load_exchanges_config(tmp_path).get("binance").markets == markets
 
 
 def test_unknown_exchange(tmp_path: Path) -> None:

@@ -23,8 +23,6 @@ from atlas_pipeline.market_data.candles import timeframe_ms
 
 EXCHANGES_FILE = "exchanges.yaml"
 DEFAULT_HISTORY_START = dt.date(2017, 1, 1)
-# Dagster recommends < 100,000 partitions per asset; 25 symbols x ~3,600 days since 2017 is ~90,000.
-MAX_MARKETS_PER_EXCHANGE = 25
 _MARKET = re.compile(r"^[A-Z0-9]+/[A-Z0-9]+(:[A-Z0-9]+)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -72,12 +70,9 @@ class ExchangeSettings(BaseModel):
                 raise ValueError(f"market {value!r} is not a ccxt symbol such as 'BTC/USDT'")
         if len(set(values)) != len(values):
             raise ValueError("lists a market twice")
-        if len(values) > MAX_MARKETS_PER_EXCHANGE:
-            raise ValueError(
-                f"lists {len(values)} markets; at most {MAX_MARKETS_PER_EXCHANGE} fit one asset "
-                "(Dagster recommends < 100,000 partitions per asset, and each market adds one "
-                "partition per day since history_start): split them over two exchange entries"
-            )
+        # No cap: universes of hundreds of markets are the point (DESIGN.md section 2). Dagster's
+        # advice of < 100,000 partitions per asset is about recurring costs, which Atlas keeps
+        # proportional to what changed (measured in bench/universe.py), not to partitions.
         return values
 
     @field_validator("history_start")
