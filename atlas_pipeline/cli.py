@@ -156,8 +156,21 @@ def cmd_emulator(args: argparse.Namespace) -> None:
         raise UsageError("give exactly one of --data DIR or --synthetic SEED")
     if args.data is not None and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: not a folder")
-    server = build_emulator(data_dir=args.data, synthetic_seed=args.synthetic, host=args.host, port=args.port, faults=faults)
-    print(f"atlas emulator: Binance spot REST API at {server.base_url} (Ctrl-C stops)", file=sys.stderr)
+    try:
+        server = build_emulator(
+            data_dir=args.data,
+            synthetic_seed=args.synthetic,
+            host=args.host,
+            port=args.port,
+            faults=faults,
+            exchange=args.exchange,
+            data_exchange=args.data_exchange,
+        )
+    except ValueError as error:
+        hint = "" if args.data_exchange else f" (to serve another exchange's files as {args.exchange}: --data-exchange ID)"
+        raise UsageError(f"--data: {error}{hint}") from None
+    api = {"binance": "Binance spot", "okx": "OKX v5"}.get(args.exchange, args.exchange)
+    print(f"atlas emulator: {api} REST API at {server.base_url} (Ctrl-C stops)", file=sys.stderr)
     # Started in the background from a script, SIGINT arrives ignored; make Ctrl-C and TERM stop it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -278,10 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true", help="quarantine bad files, refetch their days through the OHLCV asset")
     verify.set_defaults(handler=cmd_verify)
 
-    emulator = commands.add_parser("emulator", help="serve a Binance-compatible REST API on loopback")
+    emulator = commands.add_parser("emulator", help="serve a Binance- or OKX-compatible REST API on loopback")
+    emulator.add_argument("--exchange", choices=("binance", "okx"), default="binance", help="the API to speak (default binance)")
     emulator.add_argument("--port", type=int, default=8765)
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--data", help="folder of <exchange>_<BASE>-<QUOTE>_<timeframe>.parquet|csv candle files")
+    emulator.add_argument("--data-exchange", metavar="ID", help="serve --data files named for this exchange (default: --exchange)")
     emulator.add_argument("--synthetic", type=int, metavar="SEED", help="serve seeded synthetic markets")
     emulator.add_argument("--fault", action="append", default=[], metavar="SPEC", help="e.g. rate_limit:times=3,retry_after=1")
     emulator.set_defaults(handler=cmd_emulator)

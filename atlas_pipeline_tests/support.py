@@ -43,10 +43,11 @@ def expected_missing(frame: pd.DataFrame, timeframe: str, start: dt.date, end: d
     return (hi - lo) // tf_ms - len(between(frame, start, end))
 
 
-def write_exchange_config(folder: Path, api_url: str, **settings: object) -> Path:
-    """An ``exchanges.yaml`` for binance at ``api_url``; ``settings`` override the defaults."""
+def write_exchange_config(folder: Path, api_url: str, exchange: str = "binance", **settings: object) -> Path:
+    """An ``exchanges.yaml`` for ``exchange`` (default binance) at ``api_url``; ``settings``
+    override the defaults."""
     folder.mkdir(parents=True, exist_ok=True)
-    binance = {
+    entry = {
         "timeframes": ["5m"],
         "markets": ["ETH/BTC", "ADA/BTC"],
         "history_start": "2018-01-01",
@@ -56,7 +57,7 @@ def write_exchange_config(folder: Path, api_url: str, **settings: object) -> Pat
         "max_retries": 3,
         **settings,
     }
-    (folder / "exchanges.yaml").write_text(yaml.safe_dump({"exchanges": {"binance": binance}}))
+    (folder / "exchanges.yaml").write_text(yaml.safe_dump({"exchanges": {exchange: entry}}))
     return folder
 
 
@@ -69,10 +70,11 @@ def run_range(
     end: dt.date,
     timeframes: tuple[str, ...] = ("5m",),
     full_refresh: bool = False,
+    exchange: str = "binance",
 ) -> list[LaunchedRun]:
     defs = build_definitions(config_dir, store_root=str(store_root))
     return materialize_ohlcv_range(
-        defs, instance, "binance", list(timeframes), symbols, start, end, full_refresh=full_refresh
+        defs, instance, exchange, list(timeframes), symbols, start, end, full_refresh=full_refresh
     )
 
 

@@ -1,7 +1,9 @@
 """Candles from an exchange through ccxt: whole ranges in as few requests as the exchange allows.
 
-Paging is done here on ``since`` (``since = last + timeframe``) rather than with ccxt's
-``paginate`` option, which silently returns only the newest pages of an old range. Transient
+Paging is done by Atlas rather than with ccxt's ``paginate`` option, which silently returns only
+the newest pages of an old range; how a range is paged and a first candle found differs per
+exchange (Binance forward on ``since``, OKX backward on ``until``) and lives in
+``market_data/sources`` (``rest_for``). Transient
 failures (ccxt's ``OperationFailed`` family: network errors, rate limits, timeouts, unreadable
 answers) are retried with exponential backoff; a rate-limit answer's ``Retry-After`` is waited out
 in full, up to ``MAX_RETRY_AFTER_SECONDS``, and an HTTP 418 (Binance's IP ban) for the whole ban.
@@ -25,6 +27,7 @@ import ccxt
 import pandas as pd
 
 from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, empty_candles, normalize_candles, timeframe_ms
+from atlas_pipeline.market_data.sources import CcxtRest, OhlcvFetcher, PagingError, rest_for
 
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 60.0
@@ -88,13 +91,13 @@ def point_at(exchange: ccxt.Exchange, base_url: str) -> None:
     exchange.urls["api"] = rewrite(exchange.urls["api"])
 
 
-def build_ccxt_exchange(connection: ExchangeConnection) -> ccxt.Exchange:
+def build_ccxt_exchange(connection: ExchangeConnection, rest: CcxtRest | None = None) -> ccxt.Exchange:
+    rest = rest or rest_for(connection.exchange_id)
     options: dict[str, Any] = {"timeout": int(connection.timeout_seconds * 1000), **connection.credentials}
-    if connection.exchange_id == "binance":
-        # Spot only (else load_markets walks the futures and options APIs); no currencies and no
-        # margin pairs (with API keys, load_markets would also call private wallet and margin APIs).
-        options["options"] = {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False}
+    if rest.ccxt_options():  # e.g. spot markets only (see market_data/sources)
+        options["options"] = rest.ccxt_options()
     exchange: ccxt.Exchange = getattr(ccxt, connection.exchange_id)(options)
+    rest.prepare(exchange)
     # ccxt hands a 200 answer that is not JSON (an HTML maintenance page, say) to the parser as
     # text, which reads as "no candles"; keeping the parsed JSON lets the client tell them apart.
     exchange.enableLastJsonResponse = True
@@ -118,7 +121,8 @@ class ExchangeClient:
         exchange: ccxt.Exchange | None = None,
     ) -> None:
         self.connection = connection
-        self.exchange = exchange or build_ccxt_exchange(connection)
+        self.rest = rest_for(connection.exchange_id)
+        self.exchange = exchange or build_ccxt_exchange(connection, self.rest)
         self.log: Logger = log or logging.getLogger(__name__)
         self._sleep = sleep
         self._counters = _Counters()
@@ -173,18 +177,16 @@ class ExchangeClient:
         """Open time of the market's first candle, or None if it has none yet.
 
         Binance (and most exchanges that accept ``since``) answer ``since=0`` with the oldest
-        candle they have, which is the listing.
+        candle they have, which is the listing; OKX needs a search (``sources/okx.py``).
         """
         self.check_market(symbol)
-        rows = self._call(
-            f"{symbol} {timeframe} first candle",
-            self.exchange.fetch_ohlcv,
-            symbol,
-            timeframe,
-            since=0,
-            limit=1,
-        )
-        return int(rows[0][0]) if rows else None
+        fetch = self._fetcher(symbol, timeframe)
+        try:
+            return self.rest.first_candle(
+                fetch, self.exchange.market(symbol), timeframe_ms(timeframe), self.connection.request_limit, self.now_ms()
+            )
+        except PagingError as error:
+            raise ExchangeRequestError(f"{self.connection.exchange_id} {symbol} {timeframe}: {error}") from error
 
     def fetch_range(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> FetchResult:
         """Closed candles with open time in ``[start_ms, end_ms)``, sorted and de-duplicated.
@@ -196,42 +198,28 @@ class ExchangeClient:
         """
         self.check_market(symbol)
         tf_ms = timeframe_ms(timeframe)
-        limit = self.connection.request_limit
         before = _Counters(self._counters.requests, self._counters.retries)
         pages: list[list[list[Any]]] = []
-        since = start_ms
-        fetched = 0
-        while since < end_ms:
-            rows = self._call(
-                f"{symbol} {timeframe} candles since {_iso(since)}",
-                self.exchange.fetch_ohlcv,
-                symbol,
-                timeframe,
-                since=since,
-                limit=limit,
-                params={"until": end_ms - 1},
-            )
-            if not rows:
-                break
-            pages.append(rows)
-            fetched += len(rows)
-            last = max(int(row[0]) for row in rows)
-            if len(pages) % 25 == 0:
-                self.log.info(
-                    f"{self.connection.exchange_id} {symbol} {timeframe}: {self._counters.requests - before.requests} "
-                    f"requests, {fetched:,} candles, up to {_iso(last)}"
-                )
-            if last < since:
-                raise ExchangeRequestError(
-                    f"{self.connection.exchange_id} {symbol} {timeframe}: asked for candles since "
-                    f"{_iso(since)} and got only older ones (up to {_iso(last)})"
-                )
-            # Only an empty page or reaching the end stops paging, never a short page: exchanges
-            # answer short pages (maintenance gaps, caps below the documented limit, proxies), and
-            # stopping there would store the rest of the range as empty days for good.
-            if last + tf_ms >= end_ms:
-                break
-            since = last + tf_ms
+        fetched, low, high = 0, end_ms, start_ms
+        # The exchange's paging (sources/): it stops only on an empty page or once the range is
+        # covered, never on a short page (exchanges answer short pages in maintenance gaps, below
+        # the documented limit, behind proxies; stopping there would store the rest as empty days).
+        paging = self.rest.pages(
+            self._fetcher(symbol, timeframe), tf_ms, start_ms, end_ms, self.connection.request_limit, self.now_ms()
+        )
+        try:
+            for rows in paging:
+                pages.append(rows)
+                fetched += len(rows)
+                stamps = [int(row[0]) for row in rows]
+                low, high = min(low, *stamps), max(high, *stamps)
+                if len(pages) % 25 == 0:
+                    self.log.info(
+                        f"{self.connection.exchange_id} {symbol} {timeframe}: {self._counters.requests - before.requests} "
+                        f"requests, {fetched:,} candles, {_iso(low)}..{_iso(high)}"
+                    )
+        except PagingError as error:
+            raise ExchangeRequestError(f"{self.connection.exchange_id} {symbol} {timeframe}: {error}") from error
         frame = _rows_to_frame(pages)
         closed_before = min(end_ms, self.now_ms() - tf_ms + 1)
         frame = frame[(frame["timestamp"] >= start_ms) & (frame["timestamp"] < closed_before)]
@@ -240,6 +228,14 @@ class ExchangeClient:
             requests=self._counters.requests - before.requests,
             retries=self._counters.retries - before.retries,
         )
+
+    def _fetcher(self, symbol: str, timeframe: str) -> OhlcvFetcher:
+        """``fetch_ohlcv`` of one market and timeframe with retries, for the exchange's paging."""
+
+        def call(what: str, **kwargs: Any) -> list[list[Any]]:
+            return self._call(f"{symbol} {timeframe} {what}", self.exchange.fetch_ohlcv, symbol, timeframe, **kwargs)
+
+        return OhlcvFetcher(call=call, last_json=lambda: self.exchange.last_json_response)
 
     def _call(self, what: str, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One exchange request with retries on transient errors; ``what`` names it in errors."""

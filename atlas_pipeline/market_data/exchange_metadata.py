@@ -182,7 +182,8 @@ def market_status(exchange: str, symbol: str, markets: dict[str, Any]) -> Market
     if market is None:
         return MarketStatus(symbol, NOT_LISTED, f"{exchange} no longer lists {symbol} ({len(markets)} markets listed)")
     if market.get("active") is False:
-        raw = (market.get("info") or {}).get("status")
+        info = market.get("info") or {}
+        raw = info.get("status") or info.get("state")  # Binance: status BREAK; OKX: state suspend
         detail = f" (status {raw})" if raw else ""
         return MarketStatus(symbol, INACTIVE, f"{exchange} lists {symbol} as inactive{detail}")
     return MarketStatus(symbol, ACTIVE)

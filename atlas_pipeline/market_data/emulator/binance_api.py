@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from atlas_pipeline.market_data.candles import DAY_MS, empty_candles, timeframe_ms
+from atlas_pipeline.market_data.emulator.faults import BINANCE_ROWS
 from atlas_pipeline.market_data.emulator.sources import (
     CandleSource,
     VALUE_COLUMNS,
@@ -56,6 +57,12 @@ PATHS = {
 # Candles the 24-hour statistics are computed from: the finest the source can serve.
 TICKER_TIMEFRAMES = ("1m", "5m", "15m", "1h")
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
+RATE_LIMIT_BODY = {
+    "code": -1003,
+    "msg": "Too many requests; current limit of IP(127.0.0.1) is 6000 requests per minute. "
+    "Please use the websocket for live updates to avoid polling the API.",
+}
+SYSTEM_ERROR = (500, {"code": -1000, "msg": "An unknown error occurred while processing the request."})
 _MIN_NOTIONAL = {"USDT": "5.00000000", "USDC": "5.00000000", "FDUSD": "5.00000000", "BTC": "0.00010000", "ETH": "0.00100000", "BNB": "0.01000000"}
 
 
@@ -318,6 +325,12 @@ class BinanceApi:
     delisted: frozenset[str] = field(default_factory=frozenset)
     removed: frozenset[str] = field(default_factory=frozenset)
 
+    exchange = "binance"
+    paths = PATHS
+    row_layout = BINANCE_ROWS
+    rate_limit_body = RATE_LIMIT_BODY
+    system_error = SYSTEM_ERROR
+
     def __post_init__(self) -> None:
         self.delisted, self.removed = frozenset(self.delisted), frozenset(self.removed)
         markets = self.source.markets()
@@ -341,6 +354,12 @@ class BinanceApi:
         except ApiError as error:
             return error.status, error.body()
         raise ValueError(f"not a Binance endpoint: {endpoint!r}")
+
+    def candle_page(self, endpoint: str, params: Mapping[str, Sequence[str]], status: int, payload: Any):
+        """The rows of a successful klines answer, for data faults: ``(rows, tf_ms, rebuild)``."""
+        if endpoint != "klines" or status != 200:
+            return None
+        return payload, None, lambda rows: rows
 
     def tickers(self, params: Mapping[str, Sequence[str]], now: int) -> dict[str, Any] | list[dict[str, Any]]:
         """``/api/v3/ticker/24hr``: one object for ``symbol``, else a list (all, or ``symbols``)."""

@@ -8,10 +8,16 @@ exactly ``times`` times. Kinds come in three groups, by where they act:
   ``timeout`` delays the (otherwise normal) reply;
 - body (``truncated``, ``malformed``): the reply's bytes are damaged;
 - data (``duplicates``, ``out_of_order``, ``bad_ohlc``, ``off_grid``, ``short_page``): rows of a
-  successful klines reply are altered; they only fire on a reply with rows to alter (so they never
-  hide an error). ``short_page`` keeps only the first ``rows`` rows (default: half) of a page, as
-  exchanges do in maintenance gaps or behind proxies; with ``times`` unset it is a per-request cap
-  below the documented limit (``short_page:rows=300``).
+  successful candle reply are altered, in the emulated API's own row format (``RowLayout``); they
+  only fire on a reply with rows to alter (so they never hide an error). ``short_page`` keeps only
+  the first ``rows`` rows (default: half) of a page as the API orders it (Binance: the oldest;
+  OKX, newest first: the newest), as exchanges do in maintenance gaps or behind proxies; with
+  ``times`` unset it is a per-request cap below the documented limit (``short_page:rows=300``).
+
+Endpoints are named per API (Binance: ``klines``, ``exchangeInfo``, ``ticker24hr``, ``ping``,
+``time``; OKX: ``candles``, ``history-candles``, ``instruments``, ``tickers``, ``time``).
+``klines`` also means "every candle endpoint" of whichever API is emulated, so one rule set
+works against both; ``candles``/``history-candles`` pick one of OKX's two.
 """
 
 from __future__ import annotations
@@ -26,7 +32,24 @@ TRANSPORT_KINDS = ("rate_limit", "server_error", "timeout")
 BODY_KINDS = ("truncated", "malformed")
 DATA_KINDS = ("duplicates", "out_of_order", "bad_ohlc", "off_grid", "short_page")
 KINDS = TRANSPORT_KINDS + BODY_KINDS + DATA_KINDS
-ENDPOINTS = ("any", "klines", "exchangeInfo", "ping", "time")
+CANDLE_ENDPOINTS = ("klines", "candles", "history-candles")
+"""Endpoints that answer candle rows: Binance's klines, OKX's candles and history-candles."""
+ENDPOINTS = ("any", *CANDLE_ENDPOINTS, "exchangeInfo", "ticker24hr", "ping", "time", "instruments", "tickers")
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Where a data fault finds a candle row's times: the open time at ``open_time``, a close time
+    (open + timeframe - 1) at ``close_time`` if the API sends one, and whether times are sent as
+    text (OKX: ``"1678928760000"``) or numbers (Binance)."""
+
+    open_time: int = 0
+    close_time: int | None = None
+    text_times: bool = False
+
+
+BINANCE_ROWS = RowLayout(open_time=0, close_time=6, text_times=False)
+OKX_ROWS = RowLayout(open_time=0, close_time=None, text_times=True)
 
 
 @dataclass(frozen=True)
@@ -51,8 +74,8 @@ class FaultRule:
             raise ValueError(f"unknown fault kind {self.kind!r}; known: {', '.join(KINDS)}")
         if self.endpoint not in ENDPOINTS:
             raise ValueError(f"unknown fault endpoint {self.endpoint!r}; known: {', '.join(ENDPOINTS)}")
-        if self.kind in DATA_KINDS and self.endpoint not in ("any", "klines"):
-            raise ValueError(f"fault {self.kind!r} alters klines rows; it cannot watch {self.endpoint!r}")
+        if self.kind in DATA_KINDS and self.endpoint not in ("any", *CANDLE_ENDPOINTS):
+            raise ValueError(f"fault {self.kind!r} alters candle rows; it cannot watch {self.endpoint!r}")
         if self.times is not None and self.times < 0:
             raise ValueError(f"fault times must be >= 0 or None (forever), got {self.times}")
         if self.rows is not None and (self.kind != "short_page" or self.rows < 1):
@@ -68,9 +91,10 @@ class FaultRule:
         return self.status or {"rate_limit": 429, "server_error": 503}.get(self.kind, 200)
 
     def watches(self, endpoint: str) -> bool:
-        if self.kind in DATA_KINDS and endpoint != "klines":
+        candles = endpoint in CANDLE_ENDPOINTS
+        if self.kind in DATA_KINDS and not candles:
             return False
-        return self.endpoint in ("any", endpoint)
+        return self.endpoint in ("any", endpoint) or (self.endpoint == "klines" and candles)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,7 +189,7 @@ class FaultPlan:
     def decide(self, endpoint: str, rows: int = 0) -> FaultDecision:
         """Count this request against every rule watching ``endpoint`` and pick the ones that fire.
 
-        ``rows``: the number of rows in a successful klines reply (0 otherwise); a data fault fires
+        ``rows``: the number of rows in a successful candle reply (0 otherwise); a data fault fires
         only where it can be seen (``out_of_order`` needs two rows, ``short_page`` more than it keeps).
         """
         transport: _RuleState | None = None
@@ -204,10 +228,17 @@ def _rows_to_show(rule: FaultRule) -> int:
     return 2 if rule.kind == "out_of_order" else 1
 
 
-def corrupt_rows(kind: str, rows: list[list[Any]], keep: int | None = None) -> list[list[Any]]:
-    """A data fault applied to Binance kline rows (``[openTime, "o", "h", "l", "c", "v",
-    closeTime, ...]``); single-row faults hit the middle row, away from a client's page edges.
-    ``keep``: the rows a ``short_page`` keeps (None: half)."""
+def corrupt_rows(
+    kind: str,
+    rows: list[list[Any]],
+    keep: int | None = None,
+    layout: RowLayout = BINANCE_ROWS,
+    tf_ms: int | None = None,
+) -> list[list[Any]]:
+    """A data fault applied to candle rows ``[openTime, "o", "h", "l", "c", "v", ...]`` laid out
+    as ``layout`` (default Binance klines: ``closeTime`` at 6); single-row faults hit the middle
+    row, away from a client's page edges. ``keep``: the rows a ``short_page`` keeps (None: half);
+    ``tf_ms``: the candles' timeframe, which ``off_grid`` needs when rows carry no close time."""
     if kind == "short_page":
         return [list(row) for row in rows[: keep if keep is not None else len(rows) // 2]]
     rows = [list(row) for row in rows]
@@ -220,8 +251,14 @@ def corrupt_rows(kind: str, rows: list[list[Any]], keep: int | None = None) -> l
         middle[2] = repr(float(middle[3]) * 0.99)  # high below low
         return rows
     if kind == "off_grid":
-        tf_ms = middle[6] - middle[0] + 1
+        if tf_ms is None:
+            if layout.close_time is None:
+                raise ValueError("off_grid on rows without a close time needs tf_ms")
+            tf_ms = int(middle[layout.close_time]) - int(middle[layout.open_time]) + 1
         shift = max(tf_ms // 2, 1)
-        middle[0], middle[6] = middle[0] + shift, middle[6] + shift
+        for column in (layout.open_time, layout.close_time):
+            if column is not None:
+                moved = int(middle[column]) + shift
+                middle[column] = str(moved) if layout.text_times else moved
         return rows
     raise ValueError(f"{kind!r} is not a data fault")

@@ -1,4 +1,5 @@
-"""The emulator's HTTP layer: a loopback server that answers Binance paths, applies faults, counts.
+"""The emulator's HTTP layer: a loopback server that answers one exchange's paths (Binance spot or
+OKX v5, one module per API: ``binance_api``, ``okx_api``), applies faults, counts.
 
 Stdlib only (``ThreadingHTTPServer``, HTTP/1.1 keep-alive like the real API), so the offline demo
 needs nothing beyond Atlas. Control endpoints under ``/_emulator/`` let a process that does not
@@ -19,19 +20,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from atlas_pipeline.market_data.emulator.binance_api import PATHS, BinanceApi
+from atlas_pipeline.market_data.emulator.binance_api import BinanceApi
 from atlas_pipeline.market_data.emulator.faults import FaultPlan, FaultRule, corrupt_rows
+from atlas_pipeline.market_data.emulator.okx_api import OkxApi
 from atlas_pipeline.market_data.emulator.sources import CandleSource, FileCandleSource
 from atlas_pipeline.market_data.emulator.synthetic import SyntheticCandleSource, wall_clock_ms
 
 logger = logging.getLogger(__name__)
 
 FaultLike = FaultRule | str | Mapping[str, Any]
+APIS: dict[str, Callable[..., Any]] = {"binance": BinanceApi, "okx": OkxApi}
+"""The emulated APIs by ccxt exchange id. Each answers ``answer(endpoint, params, now)`` for its
+``paths``, finds candle rows for data faults (``candle_page``) laid out as ``row_layout``, and
+has its own ``rate_limit_body`` and ``system_error`` reply."""
+EXCHANGES = tuple(APIS)
 _JSON = "application/json;charset=UTF-8"
-_RATE_LIMIT_MSG = (
-    "Too many requests; current limit of IP(127.0.0.1) is 6000 requests per minute. "
-    "Please use the websocket for live updates to avoid polling the API."
-)
 _SERVER_ERROR_PAGES = {
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -143,14 +146,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class EmulatorServer:
-    """A Binance spot REST emulator serving ``source`` on ``http://host:port`` (port 0: a free one).
+    """An exchange's REST emulator serving ``source`` on ``http://host:port`` (port 0: a free one):
+    ``exchange`` ``"binance"`` (spot, the default) or ``"okx"`` (v5); ``api_options`` go to that
+    API (OKX: ``history_limit``).
 
     The socket is bound on construction, so ``base_url`` is known before serving. ``start()``
     serves from a background thread, ``serve_forever()`` in the foreground (the CLI);
     ``stop()`` is final. The clock ("now" for open candles and ``serverTime``) is ``clock`` if
     given, else the source's ``now()`` if it has one (synthetic), else the wall clock.
-    Markets in ``delisted`` are listed as halted (status BREAK, ccxt ``active: False``); markets
-    in ``removed`` are no longer listed at all (as after a delisting's cleanup).
+    Markets in ``delisted`` are listed as halted (Binance status BREAK, OKX state suspend; ccxt
+    ``active: False``); markets in ``removed`` are no longer listed at all (as after a delisting's
+    cleanup).
     """
 
     def __init__(
@@ -162,9 +168,14 @@ class EmulatorServer:
         clock: Callable[[], int] | None = None,
         delisted: Iterable[str] = (),
         removed: Iterable[str] = (),
+        exchange: str = "binance",
+        **api_options: Any,
     ) -> None:
+        if exchange not in APIS:
+            raise ValueError(f"the emulator speaks {', '.join(EXCHANGES)}; not {exchange!r}")
         self.source = source
-        self.api = BinanceApi(source, frozenset(delisted), frozenset(removed))
+        self.exchange = exchange
+        self.api = APIS[exchange](source, frozenset(delisted), frozenset(removed), **api_options)
         self._clock = clock or getattr(source, "now", None) or wall_clock_ms
         self._plan = FaultPlan(faults)
         self._stats = _Stats()
@@ -186,7 +197,7 @@ class EmulatorServer:
         self._claim_serving()
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name=f"emulator:{self.port}", daemon=True)
         self._thread.start()
-        logger.info("emulator serving %s at %s", type(self.source).__name__, self.base_url)
+        logger.info("emulator serving %s as %s at %s", type(self.source).__name__, self.exchange, self.base_url)
         return self
 
     def serve_forever(self) -> None:
@@ -254,23 +265,24 @@ class EmulatorServer:
         if url.path.startswith("/_emulator/"):
             self._control(handler, method, url.path)
             return
-        endpoint = PATHS.get(url.path)
+        endpoint = self.api.paths.get(url.path)
         if endpoint is None or method != "GET":
             self._stats.request("other", ())
             self._reply(handler, 404, b"Not Found", "text/plain")
             return
         now = int(self._clock())
+        params = parse_qs(url.query, keep_blank_values=True)
         try:
-            status, payload = self.api.answer(endpoint, parse_qs(url.query, keep_blank_values=True), now)
-        except Exception:  # a broken source file, say: answer like Binance's unknown error, and log it
+            status, payload = self.api.answer(endpoint, params, now)
+        except Exception:  # a broken source file, say: answer like the exchange's unknown error, and log it
             logger.exception("emulator failed to answer %s", handler.path)
-            status, payload = 500, {"code": -1000, "msg": "An unknown error occurred while processing the request."}
-        rows = len(payload) if endpoint == "klines" and status == 200 else 0
-        decision = self._plan.decide(endpoint, rows)
+            status, payload = self.api.system_error
+        page = self.api.candle_page(endpoint, params, status, payload)
+        decision = self._plan.decide(endpoint, len(page[0]) if page else 0)
         transport = decision.transport
         self._stats.request(endpoint, [r for r in (transport, decision.body, *decision.data) if r is not None])
         if transport is not None and transport.kind == "rate_limit":
-            body = json.dumps({"code": -1003, "msg": _RATE_LIMIT_MSG}, separators=(",", ":")).encode()
+            body = json.dumps(self.api.rate_limit_body, separators=(",", ":")).encode()
             retry_after = {} if transport.retry_after is None else {"Retry-After": f"{transport.retry_after:g}"}
             self._reply(handler, transport.http_status, body, headers=retry_after)
             return
@@ -280,8 +292,11 @@ class EmulatorServer:
             return
         if transport is not None:  # timeout: hold the reply past the client's patience
             self._stopping.wait(transport.delay)
-        for rule in decision.data:
-            payload = corrupt_rows(rule.kind, payload, rule.rows)
+        if page is not None and decision.data:
+            rows, tf_ms, rebuild = page
+            for rule in decision.data:
+                rows = corrupt_rows(rule.kind, rows, rule.rows, self.api.row_layout, tf_ms)
+            payload = rebuild(rows)
         body = json.dumps(payload, separators=(",", ":")).encode()
         if decision.body is not None and decision.body.kind == "truncated":
             self._reply(handler, status, body[: len(body) // 2], declared_length=len(body))
@@ -323,9 +338,22 @@ def build_emulator(
     host: str = "127.0.0.1",
     port: int = 0,
     faults: Iterable[FaultLike] = (),
+    exchange: str = "binance",
+    data_exchange: str | None = None,
 ) -> EmulatorServer:
-    """An (unstarted) emulator over a candle directory or a seeded synthetic market: exactly one."""
+    """An (unstarted) emulator of ``exchange``'s API over a candle directory or a seeded synthetic
+    market: exactly one. From a directory it serves the files named for ``data_exchange``
+    (default: ``exchange``; e.g. ``binance`` files served as OKX)."""
     if (data_dir is None) == (synthetic_seed is None):
         raise ValueError("give exactly one of data_dir (a candle directory) or synthetic_seed")
-    source: CandleSource = FileCandleSource(data_dir) if data_dir is not None else SyntheticCandleSource(synthetic_seed)
-    return EmulatorServer(source, host=host, port=port, faults=faults)
+    if exchange not in APIS:
+        raise ValueError(f"the emulator speaks {', '.join(EXCHANGES)}; not {exchange!r}")
+    source: CandleSource
+    if data_dir is not None:
+        files_of = data_exchange or exchange
+        source = FileCandleSource(data_dir, exchange=files_of)
+        if not source.markets():
+            raise ValueError(f"{data_dir} has no {files_of}_<BASE>-<QUOTE>_<timeframe>.parquet|csv candle files")
+    else:
+        source = SyntheticCandleSource(synthetic_seed)
+    return EmulatorServer(source, host=host, port=port, faults=faults, exchange=exchange)
