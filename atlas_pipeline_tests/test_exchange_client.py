@@ -35,9 +35,25 @@ def test_whole_file_in_the_fewest_requests(files) -> None:
     client = client_for(files, request_limit=1000)
     result = client.fetch_range("ETH/BTC", "5m", day_start_ms(dt.date(2018, 1, 1)), day_start_ms(dt.date(2018, 2, 1)))
     assert_frames_equal(result.candles, source)
-    # 6 pages of 1000, the last one short, then the empty answer that says nothing is left
-    assert result.requests == -(-len(source) // 1000) + 1
+    # 6 pages of 1000, the last one short, then the empty answer that says nothing is left, and
+    # one for the gap before the file's first candle (the range starts 9 days before it)
+    assert result.requests == -(-len(source) // 1000) + 1 + 1
     assert result.retries == 0
+
+
+def test_a_page_that_lost_its_head_is_noticed(files) -> None:
+    """A reply reordered and then cut short holds only the newest half of the page; paging on
+    from its last candle would skip the rest without a sign. The gap before it is asked for."""
+    source = shared_candles("binance_ETH-BTC_5m")
+    files.set_faults([
+        FaultRule(kind="out_of_order", endpoint="klines", after=2, times=1),
+        FaultRule(kind="short_page", endpoint="klines", after=2, times=1),
+    ])
+    result = client_for(files, request_limit=1000).fetch_range(
+        "ETH/BTC", "5m", day_start_ms(dt.date(2018, 1, 1)), day_start_ms(dt.date(2018, 2, 1))
+    )
+    assert [rule["fired"] for rule in files.faults] == [1, 1]
+    assert_frames_equal(result.candles, source)
 
 
 @pytest.mark.parametrize(

@@ -59,10 +59,16 @@ class CcxtRest:
             rows = fetch.call(f"candles since {iso(since)}", since=since, limit=limit, params={"until": end_ms - 1})
             if not rows:
                 return  # nothing from `since` to the end
-            yield rows
+            first = min(int(row[0]) for row in rows)
             last = max(int(row[0]) for row in rows)
             if last < since:
                 raise PagingError(f"asked for candles since {iso(since)} and got only older ones (up to {iso(last)})")
+            if first > since:
+                # A page should start at the first candle from `since`; one that starts later is
+                # an outage, or a page that lost its head (reordered, then cut short). Ask for the
+                # gap itself: an empty answer confirms it, anything else is what the page lost.
+                yield from self.pages(fetch, tf_ms, since, min(first, end_ms), limit, now_ms)
+            yield rows
             if last + tf_ms >= end_ms:
                 return
             since = last + tf_ms
