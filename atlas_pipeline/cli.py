@@ -89,13 +89,19 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     except KeyError as error:
         raise UsageError(str(error).strip('"')) from None
     timeframes = args.timeframe or settings.timeframes
-    symbols = args.symbol or settings.markets
+    known, default = _entry_markets(settings)
+    symbols = args.symbol or default
     for tf in timeframes:
         if tf not in settings.timeframes:
             raise UsageError(f"timeframe {tf!r} is not configured for {args.exchange} (configured: {settings.timeframes})")
     for symbol in symbols:
-        if symbol not in settings.markets:
-            raise UsageError(f"market {symbol!r} is not configured for {args.exchange} (configured: {settings.markets})")
+        if symbol not in known:
+            raise UsageError(f"market {symbol!r} is not configured for {args.exchange} (configured: {_few(known)})")
+    if not symbols:
+        raise UsageError(
+            f"{args.exchange} selects its markets by universe rules and none are known yet: "
+            f"materialize exchange_metadata/{args.exchange} first (Dagster UI, or `atlas ui`)"
+        )
     start = args.start or settings.history_start
     end = args.end or dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
     if start < settings.history_start:
@@ -126,6 +132,24 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     failed = [run for run in runs if not run.success]
     if failed:
         raise CommandFailed(f"{failed[0].label}: {failed[0].failure_reason()}")
+
+
+def _entry_markets(settings) -> tuple[list[str], list[str]]:
+    """(every market the entry knows, the ones fetched by default): its list, or for universe
+    rules every market the universe ever selected and the current members (exchange_metadata.yaml)."""
+    if settings.universe is None:
+        return settings.markets, settings.markets
+    from atlas_pipeline.config import config_dir
+    from atlas_pipeline.market_data.exchange_metadata import metadata_path, read_metadata
+
+    metadata = read_metadata(metadata_path(config_dir()), settings.id)
+    if metadata is None:
+        return [], []
+    return [m.symbol for m in metadata.markets], list(metadata.universe or [])
+
+
+def _few(values: list[str], limit: int = 10) -> str:
+    return ", ".join(values[:limit]) + (f" and {len(values) - limit} more" if len(values) > limit else "")
 
 
 def cmd_verify(args: argparse.Namespace) -> None:

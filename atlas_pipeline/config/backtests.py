@@ -18,7 +18,7 @@ from typing import Any
 import ccxt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from atlas_pipeline.config.errors import ConfigError, FieldError
+from atlas_pipeline.config.errors import MISSING, ConfigError, FieldError
 from atlas_pipeline.config.exchanges import ExchangesConfig
 from atlas_pipeline.config.loading import read_section, validation_error_to_config_error
 from atlas_pipeline.config.paths import config_dir
@@ -276,6 +276,11 @@ def load_backtests_config(exchanges: ExchangesConfig, directory: Path | str | No
         key = f"backtests.{name}"
         source = exchanges.exchanges.get(settings.get("exchange"))
         if "symbols" not in settings and source is not None:
+            if source.universe is not None:
+                raise ConfigError(
+                    path, f"{key}.symbols", MISSING,
+                    f"is required: {source.id} selects its markets by universe rules, so list the markets to backtest",
+                )
             settings = {**settings, "symbols": list(source.markets)}
         try:
             backtest = BacktestSettings(name=str(name), **settings)
@@ -296,7 +301,7 @@ def _check_references(path: Path, key: str, backtest: BacktestSettings, exchange
             path, f"{key}.timeframe", backtest.timeframe, f"{backtest.exchange} collects only {source.timeframes} (exchanges.yaml)"
         )
     for i, symbol in enumerate(backtest.symbols):
-        if symbol not in source.markets:
+        if source.universe is None and symbol not in source.markets:  # universe members are known at run time
             raise ConfigError(
                 path, f"{key}.symbols[{i}]", symbol, f"{backtest.exchange} collects only {source.markets} (exchanges.yaml)"
             )

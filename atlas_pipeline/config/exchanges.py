@@ -16,7 +16,7 @@ from pathlib import Path
 import ccxt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from atlas_pipeline.config.errors import ConfigError, FieldError
+from atlas_pipeline.config.errors import MISSING, ConfigError, FieldError
 from atlas_pipeline.config.loading import read_section, validation_error_to_config_error
 from atlas_pipeline.config.paths import config_dir
 from atlas_pipeline.market_data.candles import timeframe_ms
@@ -27,14 +27,59 @@ _MARKET = re.compile(r"^[A-Z0-9]+/[A-Z0-9]+(:[A-Z0-9]+)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+class UniverseRules(BaseModel):
+    """Which markets an exchange entry collects, decided by the exchange's own data instead of a
+    list: resolved by the ``exchange_metadata/<exchange>`` asset (``market_data/universe.py``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quote: list[str] = Field(default_factory=list)
+    """Quote currencies (``[USDT, BTC]``); empty: any."""
+    type: str = "spot"
+    """Market type; ``spot`` (perpetual swaps come with the trading model's futures data)."""
+    top: int | None = Field(default=None, ge=1)
+    """Keep the ``top`` markets by 24h quote volume (after the other rules); None: all that qualify."""
+    min_listing_days: int = Field(default=0, ge=0)
+    """Days a market must have traded (since its first 1d candle) to qualify."""
+    include: list[str] = Field(default_factory=list)
+    """Markets always in, while the exchange lists them as active."""
+    exclude: list[str] = Field(default_factory=list)
+    """Markets never in (stablecoin pairs, say)."""
+
+    @field_validator("type")
+    @classmethod
+    def _spot_only(cls, value: str) -> str:
+        if value != "spot":
+            raise ValueError("only 'spot' markets can be collected so far")
+        return value
+
+    @field_validator("quote")
+    @classmethod
+    def _currencies(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.match(r"^[A-Z0-9]+$", value):
+                raise ValueError(f"quote currency {value!r} is not a currency code such as 'USDT'")
+        return values
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _symbols(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _MARKET.match(value):
+                raise ValueError(f"market {value!r} is not a ccxt symbol such as 'BTC/USDT'")
+        return values
+
+
 class ExchangeSettings(BaseModel):
-    """One exchange: its markets and timeframes, and how to reach it."""
+    """One exchange: its markets (a list, or universe rules) and timeframes, and how to reach it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
     timeframes: list[str] = Field(min_length=1)
-    markets: list[str] = Field(min_length=1)
+    markets: list[str] = Field(default_factory=list)
+    """An explicit list of markets; empty when ``universe`` rules decide them."""
+    universe: UniverseRules | None = None
     history_start: dt.date = DEFAULT_HISTORY_START
     request_limit: int | None = Field(default=None, ge=1)
     api_url: str | None = None
@@ -95,6 +140,14 @@ class ExchangeSettings(BaseModel):
         if value is not None and not _ENV_NAME.match(value):
             raise ValueError("must be the name of an environment variable, not a key")
         return value
+
+    @model_validator(mode="after")
+    def _markets_or_universe(self) -> ExchangeSettings:
+        if bool(self.markets) == (self.universe is not None):
+            raise FieldError(
+                "markets", self.markets or MISSING, "give either a list of markets or universe rules (exactly one)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _supported_by_exchange(self) -> ExchangeSettings:

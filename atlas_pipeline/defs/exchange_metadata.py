@@ -17,9 +17,12 @@ import pandas as pd
 from atlas_pipeline.config import ExchangeSettings
 from atlas_pipeline.defs.market_data.assets import MARKET_DATA_GROUP, exchange_connection
 from atlas_pipeline.market_data.exchange_client import ExchangeClient
+from atlas_pipeline.defs.market_data.partitions import universe_partitions_name
+from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.market_data.exchange_metadata import (
     ExchangeMetadata,
     collect_exchange_metadata,
+    read_metadata,
     write_metadata_yaml,
 )
 
@@ -49,16 +52,40 @@ def build_exchange_metadata_asset(settings: ExchangeSettings, metadata_file: Pat
     )
     def exchange_metadata(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         client = ExchangeClient(exchange_connection(settings), log=context.log)
-        metadata = collect_exchange_metadata(client, settings.markets, settings.timeframes, settings.metadata_top_n)
+        previous = read_metadata(metadata_file, settings.id) if settings.universe is not None else None
+        metadata = collect_exchange_metadata(
+            client, settings.markets, settings.timeframes, settings.metadata_top_n, settings.universe, previous
+        )
         path = write_metadata_yaml(metadata_file, metadata)
+        added = _add_universe_partitions(context.instance, settings, metadata) if settings.universe is not None else []
+        if added:
+            context.log.info(f"{settings.id}: {len(added)} markets joined the universe: {', '.join(added[:20])}")
         for market in metadata.flagged:
             context.log.warning(
                 f"{settings.id} {market.symbol} dropped from the active universe: {market.reason} "
                 "(its stored candles are kept; OHLCV runs skip it)"
             )
-        return dg.MaterializeResult(metadata={**_asset_metadata(metadata), "path": dg.MetadataValue.path(str(path)), "requests": client.requests_made})
+        return dg.MaterializeResult(
+            metadata={
+                **_asset_metadata(metadata),
+                "path": dg.MetadataValue.path(str(path)),
+                "requests": client.requests_made,
+                **({"universe_size": len(metadata.universe), "joined_universe": ", ".join(added)} if metadata.universe is not None else {}),
+            }
+        )
 
     return exchange_metadata
+
+
+def _add_universe_partitions(instance: dg.DagsterInstance, settings: ExchangeSettings, metadata: ExchangeMetadata) -> list[str]:
+    """Every market the universe ever selected becomes a market partition (added, never removed:
+    a market that left keeps its history); returns the symbols added now."""
+    name = universe_partitions_name(settings)
+    present = set(instance.get_dynamic_partitions(name))
+    added = [m.symbol for m in metadata.markets if symbol_key(m.symbol) not in present]
+    if added:
+        instance.add_dynamic_partitions(name, [symbol_key(symbol) for symbol in added])
+    return added
 
 
 def _asset_metadata(metadata: ExchangeMetadata) -> dict[str, object]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import tempfile
@@ -28,11 +29,12 @@ import ccxt
 import pandas as pd
 import yaml
 
-from atlas_pipeline.market_data.candles import ms_to_iso
+from atlas_pipeline.market_data.candles import ms_to_iso, timeframe_ms
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection, Logger
+from atlas_pipeline.market_data.universe import Rules, resolve_universe
 
 METADATA_FILE = "exchange_metadata.yaml"
-ACTIVE, INACTIVE, NOT_LISTED = "active", "inactive", "not_listed"
+ACTIVE, INACTIVE, NOT_LISTED, LEFT_UNIVERSE = "active", "inactive", "not_listed", "left_universe"
 FEES_SOURCE = "ccxt public defaults (exchange.fees['trading']); fetch_trading_fees needs API keys"
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ class ExchangeMetadata:
     first_candles: dict[str, dict[str, int | None]] = field(default_factory=dict)
     markets_listed: int = 0
     fees_source: str = FEES_SOURCE
+    universe: list[str] | None = None
+    """Markets the entry's universe rules select now (None: the entry lists its markets).
+    ``markets`` then holds every market that was ever a member, so none loses its history."""
 
     @property
     def flagged(self) -> list[MarketStatus]:
@@ -86,6 +91,7 @@ class ExchangeMetadata:
             "markets_listed": self.markets_listed,
             "top_n": self.top_n,
             "top_markets_by_quote_volume": [asdict(market) for market in self.top_markets],
+            **({"universe": list(self.universe)} if self.universe is not None else {}),
             "markets": {
                 m.symbol: {
                     "status": m.status,
@@ -120,6 +126,7 @@ class ExchangeMetadata:
                 if "first_candles" in v
             },
             markets_listed=int(data.get("markets_listed") or 0),
+            universe=None if data.get("universe") is None else list(data["universe"]),
         )
 
 
@@ -128,9 +135,15 @@ def collect_exchange_metadata(
     configured_markets: Sequence[str],
     timeframes: Sequence[str],
     top_n: int = 20,
+    universe_rules: Rules | None = None,
+    previous: ExchangeMetadata | None = None,
 ) -> ExchangeMetadata:
     """Ask the exchange about itself: ``load_markets``, ``fetch_tickers`` and one klines request
-    per listed configured market and timeframe (``since=0, limit=1``: the first candle)."""
+    per listed configured market and timeframe (``since=0, limit=1``: the first candle).
+
+    With ``universe_rules`` the configured markets are the rules' members now plus every earlier
+    member in ``previous`` (the last collected metadata); earlier members that left are flagged
+    ``left_universe`` with the reason, and first candles already known are not asked again."""
     client = client_or_exchange
     if not isinstance(client, ExchangeClient):
         client = ExchangeClient(ExchangeConnection(exchange_id=client.id), exchange=client)
@@ -156,9 +169,26 @@ def collect_exchange_metadata(
         )
         for i, (volume, symbol, t) in enumerate(ranked[:top_n])
     ]
+    known_firsts = dict(previous.first_candles) if previous is not None else {}
+    first_candle = functools.cache(client.first_candle)  # the listing-age rule asks some already
+    universe = None
+    if universe_rules is not None:
+        coarsest = max(timeframes, key=timeframe_ms)
+        earlier = [m.symbol for m in previous.markets] if previous is not None else []
+        universe = resolve_universe(
+            universe_rules, markets, tickers, lambda symbol: first_candle(symbol, coarsest), client.now_ms(), earlier
+        )
+        configured_markets = [*universe.members, *sorted(set(earlier) - set(universe.members))]
     statuses = [market_status(name, symbol, markets) for symbol in configured_markets]
+    if universe is not None:
+        statuses = [
+            MarketStatus(s.symbol, LEFT_UNIVERSE, f"{name} {s.symbol} left the universe: {universe.left[s.symbol]}")
+            if s.status == ACTIVE and s.symbol in universe.left
+            else s
+            for s in statuses
+        ]
     first_candles = {
-        status.symbol: {tf: client.first_candle(status.symbol, tf) for tf in timeframes}
+        status.symbol: {tf: known_firsts.get(status.symbol, {}).get(tf) or first_candle(status.symbol, tf) for tf in timeframes}
         for status in statuses
         if status.status != NOT_LISTED
     }
@@ -174,6 +204,7 @@ def collect_exchange_metadata(
         markets=statuses,
         first_candles=first_candles,
         markets_listed=len(markets),
+        universe=None if universe is None else universe.members,
     )
 
 

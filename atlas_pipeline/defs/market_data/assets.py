@@ -87,7 +87,11 @@ def _ohlcv_asset(
             "candle store. Partitioned by UTC day x market; days before a market's first candle "
             "are stored empty."
         ),
-        metadata={"exchange": settings.id, "timeframe": timeframe, "markets": ", ".join(settings.markets)},
+        metadata={
+            "exchange": settings.id,
+            "timeframe": timeframe,
+            "markets": ", ".join(settings.markets) if settings.universe is None else f"universe: {settings.universe}",
+        },
     )
     def ohlcv(
         context: dg.AssetExecutionContext, config: OhlcvRunConfig, candle_store: CandleStoreResource
@@ -96,10 +100,18 @@ def _ohlcv_asset(
         store = candle_store.get_store()
         client = ExchangeClient(exchange_connection(settings), log=context.log)
         reports: list[IngestReport] = []
-        flagged = flagged_markets(settings.id, settings.markets, metadata_file) if metadata_file else {}
+        # a universe entry's markets are known at run time only (exchange_metadata.yaml)
+        markets = symbols if settings.universe is None else symbols_by_key(settings, metadata_file)
+        flagged = flagged_markets(settings.id, list(markets.values()), metadata_file) if metadata_file else {}
         skipped: list[str] = []
         for symbol_partition, days in days_by_symbol.items():
-            symbol = symbols[symbol_partition]
+            symbol = markets.get(symbol_partition)
+            if symbol is None:
+                raise dg.Failure(
+                    f"{settings.id}: market partition {symbol_partition!r} is not in {metadata_file} "
+                    f"(materialize exchange_metadata/{settings.id} first)",
+                    allow_retries=False,
+                )
             if symbol in flagged:
                 context.log.warning(
                     f"{settings.id} {symbol} {timeframe}: skipped, not in the active universe: {flagged[symbol]} "

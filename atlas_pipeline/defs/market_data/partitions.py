@@ -1,11 +1,19 @@
-"""Partitions of an exchange's OHLCV assets: UTC day x market."""
+"""Partitions of an exchange's OHLCV assets: UTC day x market.
+
+The market dimension is a static list for an entry that lists its markets, and a dynamic one for
+an entry with universe rules: the ``exchange_metadata/<exchange>`` asset adds each market the rules
+select (never removes one, so a market that leaves keeps its history and partitions).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import dagster as dg
 
 from atlas_pipeline.config import ExchangeSettings
 from atlas_pipeline.market_data.candles import symbol_key
+from atlas_pipeline.market_data.exchange_metadata import read_metadata
 
 DATE = "date"
 SYMBOL = "symbol"
@@ -22,18 +30,38 @@ def ohlcv_partitions(settings: ExchangeSettings) -> dg.MultiPartitionsDefinition
             DATE: dg.DailyPartitionsDefinition(
                 start_date=settings.history_start.isoformat(), timezone="UTC", end_offset=1
             ),
-            SYMBOL: dg.StaticPartitionsDefinition([symbol_key(m) for m in settings.markets]),
+            SYMBOL: market_partitions(settings),
         }
     )
 
 
-def symbols_by_key(settings: ExchangeSettings) -> dict[str, str]:
-    """Partition key -> ccxt symbol (``BTC-USDT`` -> ``BTC/USDT``)."""
-    return {symbol_key(m): m for m in settings.markets}
+def market_partitions(settings: ExchangeSettings) -> dg.PartitionsDefinition:
+    if settings.universe is not None:
+        return dg.DynamicPartitionsDefinition(name=universe_partitions_name(settings))
+    return dg.StaticPartitionsDefinition([symbol_key(m) for m in settings.markets])
+
+
+def universe_partitions_name(settings: ExchangeSettings) -> str:
+    """The dynamic partitions (in the Dagster instance) of an entry's universe markets."""
+    return f"{settings.id}_markets"
+
+
+def symbols_by_key(settings: ExchangeSettings, metadata_file: Path | None = None) -> dict[str, str]:
+    """Partition key -> ccxt symbol (``BTC-USDT`` -> ``BTC/USDT``): the listed markets, or every
+    market the entry's universe ever selected (from ``metadata_file``; empty before the first
+    ``exchange_metadata/<exchange>`` run or without the file)."""
+    if settings.universe is None:
+        return {symbol_key(m): m for m in settings.markets}
+    metadata = read_metadata(metadata_file, settings.id) if metadata_file is not None else None
+    return {} if metadata is None else {symbol_key(m.symbol): m.symbol for m in metadata.markets}
 
 
 def market_keys(settings: ExchangeSettings, instance: dg.DagsterInstance | None = None) -> list[str]:
     """The market dimension's partition keys as they are now, for code that enumerates markets
-    (schedules, sensors, the CLI). Static today; an exchange entry whose markets come from universe
-    rules will read them from ``instance`` (dynamic partitions), so call it with one where you can."""
-    return list(symbols_by_key(settings))
+    (schedules, sensors, the CLI): the listed markets, or the universe's dynamic partitions, which
+    need the ``instance``."""
+    if settings.universe is None:
+        return [symbol_key(m) for m in settings.markets]
+    if instance is None:
+        raise ValueError(f"{settings.id}: the markets of a universe entry live in the Dagster instance; pass one")
+    return list(instance.get_dynamic_partitions(universe_partitions_name(settings)))
