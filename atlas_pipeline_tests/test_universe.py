@@ -179,3 +179,16 @@ def test_atlas_fetch_takes_the_universe_members(tmp_path: Path, source, emulator
     assert sorted(key.symbol for key in store.series("binance")) == sorted(members)
     unknown = subprocess.run([*fetch, "--symbol", "EEE/BTC"], env=env, capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 2 and "'EEE/BTC' is not configured" in unknown.stderr
+
+
+def test_the_daily_metadata_schedule_keeps_a_universe_current(tmp_path: Path, source, emulator_factory) -> None:
+    server = emulator_factory(source)
+    config = _config(tmp_path / "config", server.base_url)
+    defs = build_definitions(config, store_root=str(tmp_path / "store"))
+    schedule = defs.resolve_schedule_def("exchange_metadata_binance_daily")
+    assert schedule.cron_schedule == "5 0 * * *" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def(schedule.job_name).execute_in_process(instance=instance)
+        assert result.success
+        settings = load_exchanges_config(config).get("binance")
+        assert len(market_keys(settings, instance)) == 3  # top 2 USDT + the included DDD/BTC

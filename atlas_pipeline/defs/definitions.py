@@ -9,7 +9,7 @@ import dagster as dg
 from atlas_pipeline.config import load_exchanges_config
 from atlas_pipeline.config.backtests import load_backtests_config
 from atlas_pipeline.config.paths import config_dir as default_config_dir
-from atlas_pipeline.defs.exchange_metadata import build_exchange_metadata_assets
+from atlas_pipeline.defs.exchange_metadata import build_exchange_metadata_assets, build_exchange_metadata_schedule
 from atlas_pipeline.defs.market_data.assets import build_ohlcv_asset
 from atlas_pipeline.defs.market_data.schedules import ohlcv_job, ohlcv_schedules
 from atlas_pipeline.defs.research.automation import research_automation_sensor
@@ -37,6 +37,7 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         if backtest.walk_forward is not None:
             assets.append(build_walkforward_asset(backtest, exchanges.get(backtest.exchange)))
     assets.extend(build_exchange_metadata_assets(list(exchanges.exchanges.values()), metadata_file))
+    schedules.extend(build_exchange_metadata_schedule(settings) for settings in exchanges.exchanges.values())
     if backtests.backtests:
         assets.append(build_leaderboard_asset(list(backtests.backtests.values())))
     return dg.Definitions(

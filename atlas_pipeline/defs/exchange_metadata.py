@@ -77,6 +77,20 @@ def build_exchange_metadata_asset(settings: ExchangeSettings, metadata_file: Pat
     return exchange_metadata
 
 
+def build_exchange_metadata_schedule(settings: ExchangeSettings) -> dg.ScheduleDefinition:
+    """Daily at 00:05 UTC, before the candles' daily schedule: keeps market status (and a
+    universe's members) current. Running by default for universe entries, whose markets depend on
+    it; stopped for listed markets, where it only refreshes flags and rankings."""
+    return dg.ScheduleDefinition(
+        name=f"exchange_metadata_{settings.id}_daily",
+        cron_schedule="5 0 * * *",
+        execution_timezone="UTC",
+        target=dg.AssetSelection.assets(exchange_metadata_asset_key(settings.id)),
+        default_status=dg.DefaultScheduleStatus.RUNNING if settings.universe is not None else dg.DefaultScheduleStatus.STOPPED,
+        description=f"Refreshes exchange_metadata/{settings.id}: market status, rankings, universe members.",
+    )
+
+
 def _add_universe_partitions(instance: dg.DagsterInstance, settings: ExchangeSettings, metadata: ExchangeMetadata) -> list[str]:
     """Every market the universe ever selected becomes a market partition (added, never removed:
     a market that left keeps its history); returns the symbols added now."""
