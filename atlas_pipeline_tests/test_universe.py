@@ -192,3 +192,28 @@ def test_the_daily_metadata_schedule_keeps_a_universe_current(tmp_path: Path, so
         assert result.success
         settings = load_exchanges_config(config).get("binance")
         assert len(market_keys(settings, instance)) == 3  # top 2 USDT + the included DDD/BTC
+
+
+def test_a_backtest_runs_on_a_universe_member(tmp_path: Path, source, emulator_factory) -> None:
+    from atlas_pipeline.defs.research.launch import materialize_backtests
+    from atlas_pipeline.research.result_store import ResultStore
+
+    server = emulator_factory(source)
+    config, store = _config(tmp_path / "config", server.base_url), tmp_path / "store"
+    with dg.instance_for_test() as instance:
+        _materialize_metadata(config, store, instance)
+        member = read_metadata(config / METADATA_FILE, "binance").universe[0]
+        start, end = dt.date(2018, 6, 1), dt.date(2019, 6, 1)
+        [run] = run_range(config, store, instance, [member], start, end, timeframes=("1d",))
+        assert run.success, run.failure_reason()
+        backtest = {
+            "strategy": "sma_crossover", "params": {"fast": 5, "slow": 20}, "exchange": "binance", "timeframe": "1d",
+            "symbols": [member], "period": {"start": start.isoformat(), "end": end.isoformat()}, "cash": 1000,
+        }
+        (config / "backtests.yaml").write_text(yaml.safe_dump({"backtests": {"sma_1d": backtest}}))
+        defs = build_definitions(config, store_root=str(store))
+        settings = load_backtests_config(load_exchanges_config(config), config).get("sma_1d")
+        runs = materialize_backtests(defs, instance, [settings])
+        assert all(r.success for r in runs), [r.failure_reason() for r in runs if not r.success]
+    result = ResultStore(str(store)).load_result("sma_1d", member)
+    assert result.bars + result.warmup_bars == (end - start).days

@@ -19,6 +19,7 @@ from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.partitions import SYMBOL, ohlcv_partitions, symbols_by_key
 from atlas_pipeline.defs.research.automation import rerun_when_upstream_updated
 from atlas_pipeline.defs.resources import CandleStoreResource
+from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.research.charts import png_markdown
 from atlas_pipeline.research.engine import StrategyError
 from atlas_pipeline.research.metrics import metrics_table_markdown
@@ -75,7 +76,7 @@ def build_backtest_assets(settings: BacktestSettings, source: ExchangeSettings) 
 
 def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> list[dg.AssetsDefinition]:
     partitions = ohlcv_partitions(source).get_partitions_def_for_dimension(SYMBOL)
-    symbols = symbols_by_key(source)
+    symbols = backtest_symbols(settings, source)
     key = backtest_asset_key(settings.name)
     swept = f", sweeping {settings.grid} by {settings.objective.metric}" if settings.grid else ""
 
@@ -217,7 +218,7 @@ def build_walkforward_asset(settings: BacktestSettings, source: ExchangeSettings
 
 def _walkforward_asset(settings: BacktestSettings, source: ExchangeSettings) -> dg.AssetsDefinition:
     partitions = ohlcv_partitions(source).get_partitions_def_for_dimension(SYMBOL)
-    symbols = symbols_by_key(source)
+    symbols = backtest_symbols(settings, source)
     plan = settings.walk_forward
 
     @dg.asset(
@@ -278,3 +279,8 @@ def build_leaderboard_asset(backtests: list[BacktestSettings]) -> dg.AssetsDefin
 
     return leaderboard_asset
 
+
+def backtest_symbols(settings: BacktestSettings, source: ExchangeSettings) -> dict[str, str]:
+    """Partition key -> ccxt symbol for a backtest's markets: the entry's listed markets, plus the
+    backtest's own ``symbols`` (a universe entry's members are only known at run time)."""
+    return {**symbols_by_key(source), **{symbol_key(symbol): symbol for symbol in settings.symbols}}
