@@ -4,9 +4,9 @@
 #   webserver: docker run -p 127.0.0.1:3000:3000 ... atlas   (the UI has no login: publish it on
 #              loopback, or behind an authenticating proxy; see docs/deployment.md)
 #   daemon:    docker run ... atlas dagster-daemon run -w workspace.yaml
-# DAGSTER_AUTOMATION_TICK_SETTLE_SECONDS: without it the daemon can miss candles written during a
-# tick, and their backtests never rerun (docs/deployment.md). DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS:
-# one planned event per range run, not one per partition (a 1m backfill since 2017 starts 30 s sooner).
+# DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS: one planned event per range run, not one per
+# partition (a 1m backfill since 2017 starts 30 s sooner). No DAGSTER_AUTOMATION_TICK_SETTLE_SECONDS:
+# research reruns come from a storage-id sensor, not declarative automation (docs/deployment.md).
 # Both need DAGSTER_PG_USERNAME, DAGSTER_PG_PASSWORD, DAGSTER_PG_HOST, DAGSTER_PG_DB, DAGSTER_PG_PORT.
 FROM python:3.11-slim
 
@@ -16,7 +16,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ATLAS_CONFIG=/app/config \
     ATLAS_STRATEGIES=/app/strategies \
     DAGSTER_HOME=/opt/dagster/home \
-    DAGSTER_AUTOMATION_TICK_SETTLE_SECONDS=2 \
     DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true
 
 WORKDIR /app

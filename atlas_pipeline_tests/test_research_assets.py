@@ -16,6 +16,7 @@ from atlas_pipeline.config import load_exchanges_config
 from atlas_pipeline.config.backtests import load_backtests_config
 from atlas_pipeline.defs.definitions import build_definitions
 from atlas_pipeline.defs.research.launch import materialize_backtests
+from atlas_pipeline.defs.research.automation import RESEARCH_AUTOMATION_SENSOR
 from atlas_pipeline.defs.research.assets import (
     LEADERBOARD_KEY,
     LOOKAHEAD_CHECK,
@@ -112,6 +113,17 @@ def test_materializing_backtest_metrics_and_leaderboard(setup) -> None:
     assert "ETH/BTC" in event.materialization.metadata["leaderboard"].value
 
 
+def sensor_tick(defs: dg.Definitions, instance, cursor: str | None = None):
+    """One tick of the ``research_reruns`` sensor, as the daemon evaluates it (run requests resolved)."""
+    sensor = defs.resolve_sensor_def(RESEARCH_AUTOMATION_SENSOR)
+    return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+
+
+def requested(tick, key: dg.AssetKey) -> set[str]:
+    """The partitions of ``key`` a tick requested."""
+    return {request.partition_key for request in tick.run_requests if key in (request.asset_selection or ())}
+
+
 def test_new_candles_rerun_exactly_the_affected_backtest_partitions(setup) -> None:
     config_dir, store_root, instance = setup
     defs = build_definitions(config_dir, store_root=str(store_root))
@@ -119,45 +131,49 @@ def test_new_candles_rerun_exactly_the_affected_backtest_partitions(setup) -> No
         assert materialize_research(defs, instance, SMA, partition).success
     assert dg.materialize([defs.resolve_assets_def(LEADERBOARD_KEY)], instance=instance).success
 
-    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-    assert quiet.get_requested_partitions(backtest_asset_key(SMA)) == set()
+    quiet = sensor_tick(defs, instance)
+    assert quiet.run_requests == []
 
     # one day of ETH/BTC candles is re-materialized
     [run] = run_range(config_dir, store_root, instance, ["ETH/BTC"], D(2018, 1, 20), D(2018, 1, 21), full_refresh=True)
     assert run.success
-    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
-    assert after.get_requested_partitions(backtest_asset_key(SMA)) == {"ETH-BTC"}
+    after = sensor_tick(defs, instance, quiet.cursor)
+    # one run for the market: the backtest and, as it was materialized before, its metrics
+    [request] = after.run_requests
+    assert request.partition_key == "ETH-BTC"
+    assert set(request.asset_selection) == {backtest_asset_key(SMA), metrics_asset_key(SMA)}
 
     # and nothing more on the next tick
-    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
-    assert again.get_requested_partitions(backtest_asset_key(SMA)) == set()
+    again = sensor_tick(defs, instance, after.cursor)
+    assert again.run_requests == []
 
 
-def test_a_backtest_run_by_hand_after_its_candles_changed_is_not_rerun(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_backtest_run_by_hand_after_its_candles_changed_is_not_rerun(setup) -> None:
     """Candles updated while a backtest partition was never run are handled by running it.
 
-    The daemon (with ``atlas ui``'s settle delay) counts an event as an update only if it committed before
-    the tick's captured upper bound, but sees a run that finished during the settle sleep as done and
-    present; the rerun condition must not read that as "inputs changed, not handled yet".
+    The declarative condition this sensor replaced needed a reset for it (commit 0af572c): with the
+    daemon's settle delay, a run that finished during the delay looked present and done to the tick
+    but "handled" only on the next one. The sensor reads each candle event once: a tick that sees it
+    while the partition was never run drops it; a tick that sees it only after the hand run (the
+    race) finds the partition materialized by a run that started after the candles changed.
     """
     config_dir, store_root, instance = setup
     defs = build_definitions(config_dir, store_root=str(store_root))
-    monkeypatch.setenv("DAGSTER_AUTOMATION_TICK_SETTLE_SECONDS", "0.01")
-    requested = lambda result: result.get_requested_partitions(backtest_asset_key(SMA))  # noqa: E731
-    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    first = sensor_tick(defs, instance)
     [run] = run_range(config_dir, store_root, instance, ["ETH/BTC"], D(2018, 1, 20), D(2018, 1, 21), full_refresh=True)
     assert run.success
-    seen = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
-    assert requested(seen) == set()  # never run: nothing to keep current
-
-    bound = instance.event_log_storage.get_maximum_record_id()
+    seen = sensor_tick(defs, instance, first.cursor)
+    assert seen.run_requests == []  # never run: nothing to keep current
     assert materialize_research(defs, instance, SMA, "ETH-BTC").success
-    with monkeypatch.context() as race:  # the tick captured its bound just before the run's events landed
-        race.setattr(instance.event_log_storage, "get_maximum_record_id", lambda: bound)
-        racing = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=seen.cursor)
-    assert requested(racing) == set()
-    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=racing.cursor)
-    assert requested(settled) == set()
+    assert sensor_tick(defs, instance, seen.cursor).run_requests == []
+
+    # the race: candles change, the backtest is run by hand, and only then does a tick read the change
+    [run] = run_range(config_dir, store_root, instance, ["ETH/BTC"], D(2018, 1, 22), D(2018, 1, 23), full_refresh=True)
+    assert run.success
+    assert materialize_research(defs, instance, SMA, "ETH-BTC").success
+    racing = sensor_tick(defs, instance, seen.cursor)
+    assert racing.run_requests == []
+    assert "1 already rerun" in racing.skip_message
 
 
 def test_bad_strategy_fails_its_backtest_with_the_traceback_and_others_still_run(setup, tmp_path: Path) -> None:
@@ -187,13 +203,13 @@ def test_a_subset_backtest_keeps_only_its_markets_current(setup) -> None:
     backtests = list(load_backtests_config(load_exchanges_config(config_dir), config_dir).backtests.values())
     runs = materialize_backtests(defs, instance, backtests)
     assert [run.label for run in runs] == [f"{SMA} ETH/BTC", "leaderboard"] and all(run.success for run in runs)
-    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    quiet = sensor_tick(defs, instance)
 
     for symbol in ("ETH/BTC", "ADA/BTC"):
         [run] = run_range(config_dir, store_root, instance, [symbol], D(2018, 1, 20), D(2018, 1, 21), full_refresh=True)
         assert run.success
-    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
-    assert after.get_requested_partitions(backtest_asset_key(SMA)) == {"ETH-BTC"}  # ADA-BTC was never run
+    after = sensor_tick(defs, instance, quiet.cursor)
+    assert requested(after, backtest_asset_key(SMA)) == {"ETH-BTC"}  # ADA-BTC was never run
 
 
 def test_strategy_raising_fails_with_its_traceback(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,7 +231,7 @@ def test_strategy_raising_fails_with_its_traceback(setup, tmp_path: Path, monkey
 
 def test_reruns_need_no_click_the_automation_sensor_runs_by_default(setup) -> None:
     config_dir, store_root, _ = setup
-    sensor = build_definitions(config_dir, store_root=str(store_root)).resolve_sensor_def("research_reruns")
+    sensor = build_definitions(config_dir, store_root=str(store_root)).resolve_sensor_def(RESEARCH_AUTOMATION_SENSOR)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 

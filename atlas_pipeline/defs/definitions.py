@@ -44,6 +44,9 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         assets=assets,
         jobs=jobs,
         schedules=schedules,
-        sensors=[dead_runs_sensor(), *([research_automation_sensor()] if backtests.backtests else [])],
+        sensors=[
+            dead_runs_sensor(),
+            *([research_automation_sensor(backtests.backtests.values(), exchanges.exchanges)] if backtests.backtests else []),
+        ],
         resources={"candle_store": CandleStoreResource(root=store_root)},
     )

@@ -2,9 +2,10 @@
 of the OHLCV assets.
 
 A backtest or walk-forward partition is one market; it depends on every day of that market's
-candles through ``MultiToSingleDimensionPartitionMapping``, so the UI shows the lineage and the
-automation condition reruns exactly the markets whose candles changed. Each backtest carries the
-blocking ``lookahead_bias`` check: a strategy that reads future candles gets no metrics.
+candles through ``MultiToSingleDimensionPartitionMapping``, so the UI shows the lineage; the
+``research_reruns`` sensor (``automation.py``) reruns exactly the markets whose candles changed.
+Each backtest carries the blocking ``lookahead_bias`` check: a strategy that reads future candles
+gets no metrics.
 """
 
 import warnings
@@ -17,7 +18,6 @@ from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.config.exchanges import ExchangeSettings
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.partitions import SYMBOL, ohlcv_partitions, symbols_by_key
-from atlas_pipeline.defs.research.automation import rerun_when_upstream_updated
 from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.research.charts import png_markdown
@@ -95,7 +95,6 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
                 ),
             )
         ],
-        automation_condition=rerun_when_upstream_updated(),
         group_name=RESEARCH_GROUP,
         kinds={"backtrader", "parquet"},
         description=(
@@ -130,7 +129,6 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
         key=metrics_asset_key(settings.name),
         partitions_def=partitions,
         deps=[backtest_asset_key(settings.name)],
-        automation_condition=rerun_when_upstream_updated(),
         group_name=RESEARCH_GROUP,
         kinds={"pandas"},
         description=f"Performance metrics and charts of backtest/{settings.name}, per market.",
@@ -225,7 +223,6 @@ def _walkforward_asset(settings: BacktestSettings, source: ExchangeSettings) -> 
         key=walkforward_asset_key(settings.name),
         partitions_def=partitions,
         deps=[_candles_dep(settings)],
-        automation_condition=rerun_when_upstream_updated(),
         group_name=RESEARCH_GROUP,
         kinds={"backtrader", "parquet"},
         description=(
@@ -260,7 +257,6 @@ def build_leaderboard_asset(backtests: list[BacktestSettings]) -> dg.AssetsDefin
     @dg.asset(
         key=LEADERBOARD_KEY,
         deps=[metrics_asset_key(settings.name) for settings in backtests],
-        automation_condition=rerun_when_upstream_updated(),
         group_name=RESEARCH_GROUP,
         kinds={"pandas"},
         description="Every backtest and market ranked by Sharpe ratio.",

@@ -1,48 +1,125 @@
-"""When research assets rerun by themselves."""
+"""When research assets rerun by themselves: the ``research_reruns`` sensor.
+
+It reads the candle, backtest and metrics materializations stored since its cursor (a storage id)
+and requests the research partitions they feed (``reruns.py`` has the rules). It replaces a
+declarative automation condition whose tick cost grew with the *upstream partition count*: its
+cursor turned every upstream partition key into strings, and ``MultiToSingleDimensionPartitionMapping``
+expands each market into ~3,600 day keys (49 s a tick at 25 markets, 230 s / 3.65 GB at 100;
+DESIGN.md section 7). Here a tick costs what changed: nothing enumerates partitions.
+
+The rules kept from that condition:
+
+- A partition nobody has materialized is not started automatically: every market of an exchange
+  is a partition, and only the markets a backtest was run on (UI, CLI, demo) are kept current.
+- Reruns wait until the candles' blocking checks passed and their run finished.
+- A partition already run (by hand, or by an earlier rerun) on the changed candles is not run again.
+
+The lineage stays declared on the assets (``MultiToSingleDimensionPartitionMapping``); only the
+trigger lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
 
 import dagster as dg
 
-
-def rerun_when_upstream_updated() -> dg.AutomationCondition:
-    """Rerun a materialized partition once its inputs were updated, are no longer being written,
-    and passed their blocking checks.
-
-    ``eager()`` never fires while any upstream day is missing (every day before a listing, say), so
-    it would never rerun a backtest over years of candles; this waits only on what matters. A
-    partition nobody has materialized yet is left alone: every market of an exchange is a partition,
-    and only the markets a backtest was run on (UI, CLI, demo) are kept current.
-
-    Updates seen while a partition is missing are dropped (``missing`` resets the memory): whoever
-    runs it first reads those candles. Without that, a partition run by hand could be run again when
-    its run finishes inside a daemon tick's settle window, where Dagster sees it present and done but
-    counts its materialization (the "handled" reset) only on the next tick.
-    """
-    handled = (
-        dg.AutomationCondition.newly_requested()
-        | dg.AutomationCondition.newly_updated()
-        | dg.AutomationCondition.missing()
-        | dg.AutomationCondition.initial_evaluation()
-    )
-    return (
-        dg.AutomationCondition.any_deps_updated().since(handled)
-        & ~dg.AutomationCondition.any_deps_in_progress()
-        & dg.AutomationCondition.all_deps_blocking_checks_passed()
-        & ~dg.AutomationCondition.in_progress()
-        & ~dg.AutomationCondition.missing()
-    ).with_label("rerun when upstream updated")
-
+from atlas_pipeline.config.backtests import BacktestSettings
+from atlas_pipeline.config.exchanges import ExchangeSettings
+from atlas_pipeline.defs.research.assets import RESEARCH_GROUP
+from atlas_pipeline.defs.research.reruns import (
+    MAX_RUNS_PER_TICK,
+    RerunCursor,
+    RerunGraph,
+    TickOutcome,
+    evaluate_tick,
+    rerun_graph,
+)
 
 RESEARCH_AUTOMATION_SENSOR = "research_reruns"
+SENSOR_INTERVAL_SECONDS = 30
+SETTLE_ENV = "ATLAS_RERUN_SETTLE_SECONDS"
+SETTLE_SECONDS = 10.0
+"""On storages other than SQLite (PostgreSQL): read only storage ids that existed this long ago, so
+no insert allocated below them can still be committing (``reruns.py``). Ten seconds is far beyond
+one event insert or batch; ticks are 30 s apart, so reruns start one tick later."""
 
 
-def research_automation_sensor() -> dg.AutomationConditionSensorDefinition:
-    """Evaluates the research assets' conditions; running by default so reruns need no clicks.
+def settle_seconds(instance: dg.DagsterInstance) -> float:
+    """``ATLAS_RERUN_SETTLE_SECONDS`` if set; else 0 on SQLite (one writer: ids commit in order),
+    ``SETTLE_SECONDS`` on other storages (PostgreSQL commits concurrent inserts in any order)."""
+    value = os.environ.get(SETTLE_ENV, "").strip()
+    if value:
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ValueError(f"{SETTLE_ENV}={value!r}: must be a number of seconds") from None
+        if seconds < 0:
+            raise ValueError(f"{SETTLE_ENV}={value!r}: must be at least 0")
+        return seconds
+    return 0.0 if _sqlite_event_log(instance) else SETTLE_SECONDS
 
-    (Dagster's implicit default_automation_condition_sensor starts stopped.)
-    """
-    return dg.AutomationConditionSensorDefinition(
-        RESEARCH_AUTOMATION_SENSOR,
-        target=dg.AssetSelection.groups("research"),
+
+def _sqlite_event_log(instance: dg.DagsterInstance) -> bool:
+    try:
+        from dagster._core.storage.event_log import ConsolidatedSqliteEventLogStorage, SqliteEventLogStorage
+    except ImportError:  # Dagster moved them: assume a concurrent storage, which is always safe
+        return False
+    return isinstance(instance.event_log_storage, (SqliteEventLogStorage, ConsolidatedSqliteEventLogStorage))
+
+
+def rerun_tick(
+    instance: dg.DagsterInstance,
+    graph: RerunGraph,
+    cursor: str | None,
+    now: float | None = None,
+    max_runs: int = MAX_RUNS_PER_TICK,
+) -> TickOutcome:
+    """One tick on ``instance`` from the serialized ``cursor`` (None: the first tick)."""
+    state = RerunCursor.parse(cursor, instance)
+    now = _now() if now is None else now
+    return evaluate_tick(instance, graph, state, now, settle_seconds(instance), max_runs)
+
+
+def _now() -> float:
+    """Dagster's clock (the daemon's; tests and benches freeze it), else the wall clock."""
+    try:
+        from dagster._time import get_current_timestamp
+    except ImportError:
+        return time.time()
+    return get_current_timestamp()
+
+
+def research_automation_sensor(
+    backtests: Iterable[BacktestSettings],
+    exchanges: Mapping[str, ExchangeSettings],
+    minimum_interval_seconds: int = SENSOR_INTERVAL_SECONDS,
+    max_runs_per_tick: int = MAX_RUNS_PER_TICK,
+) -> dg.SensorDefinition:
+    """The ``research_reruns`` sensor over these backtests; running by default so reruns need no clicks."""
+    graph = rerun_graph(backtests, exchanges)
+
+    @dg.sensor(
+        name=RESEARCH_AUTOMATION_SENSOR,
+        target=dg.AssetSelection.groups(RESEARCH_GROUP),
+        minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Reruns backtests, metrics and the leaderboard when their candles change.",
+        description=(
+            "Reruns backtests, walk-forwards, metrics and the leaderboard whose inputs changed (new candle, "
+            "backtest or metrics materializations since its cursor), once those runs finished with passing "
+            "blocking checks. Partitions never materialized are left alone."
+        ),
     )
+    def research_reruns(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        outcome = rerun_tick(context.instance, graph, context.cursor, max_runs=max_runs_per_tick)
+        message = outcome.message()
+        context.log.info(message)
+        return dg.SensorResult(
+            run_requests=outcome.run_requests,
+            cursor=outcome.cursor.to_json(),
+            skip_reason=None if outcome.run_requests else message,
+        )
+
+    return research_reruns
