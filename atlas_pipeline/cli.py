@@ -270,13 +270,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(days=args.days)
 
 
-AUTOMATION_SETTLE_ENV = "DAGSTER_AUTOMATION_TICK_SETTLE_SECONDS"
-AUTOMATION_SETTLE_SECONDS = "2"
-"""Dagster's fix for a race in its automation daemon: without a settle delay, candles materialized
-while a tick is being evaluated can be missed for good (the asset record lags the event log), and
-the backtests on them never rerun. Two seconds per 30-second tick costs nothing."""
-
-
 def ui_command(port: int | None = None, host: str | None = None) -> list[str]:
     """``dagster dev`` on Atlas's code location: the checkout's workspace.yaml when run from it,
     else the installed package's definitions module."""
@@ -287,9 +280,8 @@ def ui_command(port: int | None = None, host: str | None = None) -> list[str]:
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    """The Dagster UI and daemon on the CLI's instance, with the automation settle delay set."""
+    """The Dagster UI and daemon on the CLI's instance."""
     dagster_instance()  # makes sure DAGSTER_HOME is set (and created) as the other commands do
-    os.environ.setdefault(AUTOMATION_SETTLE_ENV, AUTOMATION_SETTLE_SECONDS)
     command = ui_command(args.port, args.host)
     print(f"atlas ui: {' '.join(command)} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", file=sys.stderr)
     os.execv(command[0], command)
