@@ -26,6 +26,7 @@ import dagster as dg
 import pytest
 
 from atlas_pipeline import CandleStore
+from atlas_pipeline.market_data.candles import day_start_ms
 from atlas_pipeline.market_data.emulator import FileCandleSource
 from atlas_pipeline_tests.support import (
     SHARED_CANDLES,
@@ -225,3 +226,45 @@ def test_single_run_backfill_is_recorded_in_postgres(
 
     stored = CandleStore(str(store_root)).read("binance", "ETH/BTC", "5m", start, end)
     assert_frames_equal(stored, between(shared_candles("binance_ETH-BTC_5m"), start, end))
+
+
+def test_batched_events_keep_each_partitions_metadata(
+    instance: dg.DagsterInstance, emulator_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    """Production sets ``DAGSTER_EVENT_BATCH_SIZE`` (Dockerfile): dagster-postgres then stores a range
+    run's materializations in one INSERT per batch. Each partition keeps its own metadata (Atlas
+    adds it per partition), and a run whose middle market fails still records the other two."""
+    from atlas_pipeline.defs.definitions import build_definitions
+    from atlas_pipeline_tests.test_multi_market_runs import MARKETS, BadMarketSource
+
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
+    monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+    key = dg.AssetKey(["ohlcv", "binance", "1h"])
+    start, end = D(2024, 3, 1), D(2024, 3, 11)
+    days = [start + dt.timedelta(days=i) for i in range((end - start).days)]
+    source = BadMarketSource(bad=None)
+    emulator = emulator_factory(source)
+    config = write_exchange_config(tmp_path / "config", emulator.base_url, markets=MARKETS, timeframes=["1h"])
+    job = build_definitions(config, store_root=str(tmp_path / "store")).resolve_job_def("ohlcv_binance")
+
+    def run(first: str, last: str) -> dg.ExecuteInProcessResult:
+        tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+        return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+
+    good = run(f"{start}|AAA-USDT", f"{days[-1]}|AAA-USDT")
+    assert good.success
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=100).records
+    assert sorted(r.partition_key for r in records) == [f"{day}|AAA-USDT" for day in days]
+    for record in records:
+        day = D.fromisoformat(record.partition_key.split("|")[0])
+        metadata = record.asset_materialization.metadata
+        expected = source.candles("AAA/USDT", "1h", day_start_ms(day), day_start_ms(day + dt.timedelta(days=1)))
+        assert metadata["candles"].value == len(expected) == 24
+        assert metadata["first_candle"].value.startswith(day.isoformat())
+        assert metadata["days"].value == len(days)  # and the run's own metadata
+    assert "Exception while storing event batch" not in capfd.readouterr().err  # no fallback to single inserts
+
+    source.bad = "BBB/USDT"
+    partial = run(f"{start}|AAA-USDT", f"{days[-1]}|CCC-USDT")
+    assert not partial.success
+    assert instance.get_materialized_partitions(key) == {f"{day}|{m}" for day in days for m in ("AAA-USDT", "CCC-USDT")}

@@ -15,7 +15,9 @@ fetched, validated and written before the next starts, so memory stays bounded, 
 logged per chunk, and an interrupted backfill keeps every chunk it wrote (a rerun finds those
 days complete and continues after them). Nothing of a chunk is written unless every blocking check
 passes on all its days, so a bad answer from the exchange never replaces good stored candles;
-the first failing chunk ends the ingest.
+the first failing chunk ends the ingest. A request that still fails after its retries ends it the
+same way, raising ``IngestRequestFailed`` with the report of what was stored before it, so a
+caller ingesting many markets can record those days and go on with the next market.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import ccxt
 import pandas as pd
 
 from atlas_pipeline.market_data.candles import (
@@ -39,7 +42,7 @@ from atlas_pipeline.market_data.candles import (
     split_by_day,
     timeframe_ms,
 )
-from atlas_pipeline.market_data.exchange_client import ExchangeClient, Logger
+from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeRequestError, Logger
 from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.market_data.validation import CheckOutcome, missing_candles, validate_candles
 
@@ -60,7 +63,8 @@ class IngestReport:
     """What one ingest of one market did.
 
     ``written``: some chunk was written. ``failed_from``: the first day of the chunk that failed a
-    blocking check (nothing from it on was written; the chunks before it were)."""
+    blocking check or whose request failed (nothing from it on was written; the chunks before it
+    were). ``error``: that request's error (None: a check failed, or nothing failed)."""
 
     exchange: str
     symbol: str
@@ -72,11 +76,24 @@ class IngestReport:
     first_candle: int | None = None
     written: bool = False
     failed_from: dt.date | None = None
+    error: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
+        """Every blocking check passed on the candles checked (a request error is not a check)."""
         return all(check.passed for check in self.checks)
+
+    @property
+    def succeeded(self) -> bool:
+        """Every requested day was fetched or kept, checked and stored."""
+        return self.passed and self.error is None
+
+    @property
+    def stored_days(self) -> list[DayReport]:
+        """The requested days validated and stored (or kept) by this ingest: all of them, or those
+        before ``failed_from``. Only these may be recorded as materialized."""
+        return [day for day in self.days if self.failed_from is None or day.day < self.failed_from]
 
     @property
     def candles(self) -> int:
@@ -92,8 +109,36 @@ class IngestReport:
 
     def failure_summary(self) -> str:
         failed = "; ".join(check.describe() for check in self.checks if not check.passed)
-        kept = f" (days before {self.failed_from} were stored)" if self.written else ""
+        if self.error is not None:
+            failed = f"request failed: {self.error}"
+        kept = f" (days before {self.failed_from} were stored)" if self.stored_days else ""
         return f"{self.exchange} {self.symbol} {self.timeframe}: {failed}; nothing written from {self.failed_from} on{kept}"
+
+
+class IngestRequestFailed(ExchangeRequestError):
+    """A request of ``ingest_days`` failed for good: ``report`` holds the days stored before it.
+    ``exchange_wide``: why other markets would fail the same way (None: only this market failed)."""
+
+    def __init__(self, report: IngestReport, exchange_wide: str | None = None) -> None:
+        super().__init__(report.error or "request failed")
+        self.report = report
+        self.exchange_wide = exchange_wide
+
+
+def exchange_wide_failure(client: ExchangeClient, error: BaseException) -> str | None:
+    """Why a request that failed for good means the exchange itself fails, not only one market.
+
+    Its market list never loaded (unreachable, down): every market would fail the same way, each
+    after its own retries. A rate limit or ban that outlasted the retries: requests for other
+    markets would only meet it again, and during a ban lengthen it."""
+    if not getattr(client.exchange, "markets", None):
+        return f"{client.connection.exchange_id} could not load its markets"
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, (ccxt.DDoSProtection, ccxt.RateLimitExceeded)):
+            return f"{client.connection.exchange_id} is rate limiting or banning requests"
+        cause = cause.__cause__
+    return None
 
 
 @dataclass(frozen=True)
@@ -127,14 +172,20 @@ def ingest_days(
     requests_before, retries_before = client.requests_made, client.retries_made
     started = time.perf_counter()
     closed_before = _closed_before(client.now_ms(), timeframe_ms(timeframe))
-    first = _verified_first_candle(client, store, symbol, timeframe, wanted[0], log)
-    report = IngestReport(exchange, symbol, timeframe, days=[], checks=[], first_candle=first)
+    report = IngestReport(exchange, symbol, timeframe, days=[], checks=[])
+    try:
+        first = report.first_candle = _verified_first_candle(client, store, symbol, timeframe, wanted[0], log)
+    except ExchangeRequestError as error:
+        _request_failed(client, report, wanted[0], error, requests_before, retries_before, log)
     report.seconds["plan"] = time.perf_counter() - started
 
     chunks = _chunks(wanted, timeframe)
     began = time.monotonic()
     for number, chunk in enumerate(chunks, 1):
-        _ingest_chunk(client, store, symbol, timeframe, chunk, report, first, closed_before, full_refresh, log)
+        try:
+            _ingest_chunk(client, store, symbol, timeframe, chunk, report, first, closed_before, full_refresh, log)
+        except ExchangeRequestError as error:
+            _request_failed(client, report, chunk[0], error, requests_before, retries_before, log)
         if not report.passed:
             report.failed_from = chunk[0]
             log.warning(report.failure_summary())
@@ -150,6 +201,23 @@ def ingest_days(
     report.requests = client.requests_made - requests_before
     report.retries = client.retries_made - retries_before
     return report
+
+
+def _request_failed(
+    client: ExchangeClient,
+    report: IngestReport,
+    failed_from: dt.date,
+    error: ExchangeRequestError,
+    requests_before: int,
+    retries_before: int,
+    log: Logger,
+) -> None:
+    """End the ingest on a request that failed for good: nothing from ``failed_from`` on is written."""
+    report.error, report.failed_from = str(error), failed_from
+    report.requests = client.requests_made - requests_before
+    report.retries = client.retries_made - retries_before
+    log.warning(report.failure_summary())
+    raise IngestRequestFailed(report, exchange_wide_failure(client, error)) from error
 
 
 def _verified_first_candle(
@@ -262,7 +330,10 @@ def _ingest_chunk(
     _add_time(timings, "validate", started)
 
     refreshed = {day for day in wanted if day not in kept}
-    complete = {day: day_start_ms(day) + DAY_MS <= closed_before for day in wanted}
+    # A day is complete once its last candle (open time day end - timeframe) has closed; comparing
+    # the day's end itself with ``closed_before`` (an open-time bound) left yesterday's 1h day
+    # partial at the daily schedule's 00:15, and a 1d day partial until the day after next.
+    complete = {day: day_start_ms(day) + DAY_MS - tf_ms < closed_before for day in wanted}
     report.days.extend(
         DayReport(
             day=day,

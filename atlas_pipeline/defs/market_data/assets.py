@@ -1,9 +1,17 @@
 """``ohlcv/<exchange>/<timeframe>``: candles of every configured market, one partition per day.
 
-A backfill runs once per market over its whole date range (``BackfillPolicy.single_run()``): the
-asset reads the rectangle of partition keys, lets ``ingest_days`` fetch each market's range in
-as few requests as possible, and records per-day metadata on each partition. The candle store,
-not an IO manager, writes the data (IO managers cannot store multi-partition range outputs).
+A run covers a rectangle of days x markets (``BackfillPolicy.single_run()``: a backfill runs once
+per market over its date range, or once per day over its markets; the daily schedule once per
+timeframe over every market): the asset reads the rectangle of partition keys, lets
+``ingest_days`` fetch each market's range in as few requests as possible, and records per-day
+metadata on each partition. The candle store, not an IO manager, writes the data (IO managers
+cannot store multi-partition range outputs).
+
+A market that fails (a blocking check, or a request that failed after its retries) does not stop
+the others: each is fetched, validated and written, the partitions stored are recorded, and the run
+fails at the end naming every failed market. Only a failure of the exchange itself (its market list
+never loaded, or a rate limit or ban that outlasted the retries) stops the remaining markets, which
+the failure names as not attempted.
 
 Active universe: a market that ``config/exchange_metadata.yaml`` (written by
 ``exchange_metadata/<exchange>``) flags as no longer listed or inactive is skipped with a logged
@@ -15,7 +23,7 @@ the asset (removing them would hide the history), and the run still succeeds.
 import datetime as dt
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +35,7 @@ from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.candles import ms_to_iso, symbol_key
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
 from atlas_pipeline.market_data.exchange_metadata import flagged_markets
-from atlas_pipeline.market_data.ingest import IngestReport, ingest_days
+from atlas_pipeline.market_data.ingest import DayReport, IngestReport, IngestRequestFailed, ingest_days
 
 MARKET_DATA_GROUP = "market_data"
 
@@ -95,7 +103,7 @@ def _ohlcv_asset(
     )
     def ohlcv(
         context: dg.AssetExecutionContext, config: OhlcvRunConfig, candle_store: CandleStoreResource
-    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetMaterialization | dg.DagsterEvent]:
         days_by_symbol = _days_by_symbol(context)
         store = candle_store.get_store()
         client = ExchangeClient(exchange_connection(settings), log=context.log)
@@ -104,34 +112,52 @@ def _ohlcv_asset(
         markets = symbols if settings.universe is None else symbols_by_key(settings, metadata_file)
         flagged = flagged_markets(settings.id, list(markets.values()), metadata_file) if metadata_file else {}
         skipped: list[str] = []
-        for symbol_partition, days in days_by_symbol.items():
-            symbol = markets.get(symbol_partition)
-            if symbol is None:
-                raise dg.Failure(
-                    f"{settings.id}: market partition {symbol_partition!r} is not in {metadata_file} "
-                    f"(materialize exchange_metadata/{settings.id} first)",
-                    allow_retries=False,
-                )
-            if symbol in flagged:
-                context.log.warning(
-                    f"{settings.id} {symbol} {timeframe}: skipped, not in the active universe: {flagged[symbol]} "
-                    "(per exchange_metadata.yaml; stored candles are kept)"
-                )
-                skipped.append(symbol)
-                continue
-            context.log.info(f"{settings.id} {symbol} {timeframe}: {len(days)} days, {days[0]}..{days[-1]}")
-            report = ingest_days(client, store, symbol, timeframe, days, full_refresh=config.full_refresh, log=context.log)
-            reports.append(report)
-            if not report.passed:
-                break
-        yield from check_results(key, reports)
-        failed = [report for report in reports if not report.passed]
-        if failed:
+        not_attempted: list[str] = []
+        stopped: str | None = None  # why no further market is attempted (the exchange itself failed)
+        try:
+            for symbol_partition, days in days_by_symbol.items():
+                symbol = markets.get(symbol_partition)
+                if symbol is None:
+                    raise dg.Failure(
+                        f"{settings.id}: market partition {symbol_partition!r} is not in {metadata_file} "
+                        f"(materialize exchange_metadata/{settings.id} first)",
+                        allow_retries=False,
+                    )
+                if symbol in flagged:
+                    context.log.warning(
+                        f"{settings.id} {symbol} {timeframe}: skipped, not in the active universe: {flagged[symbol]} "
+                        "(per exchange_metadata.yaml; stored candles are kept)"
+                    )
+                    skipped.append(symbol)
+                    continue
+                if stopped is not None:
+                    not_attempted.append(symbol)
+                    continue
+                context.log.info(f"{settings.id} {symbol} {timeframe}: {len(days)} days, {days[0]}..{days[-1]}")
+                try:
+                    report = ingest_days(client, store, symbol, timeframe, days, full_refresh=config.full_refresh, log=context.log)
+                except IngestRequestFailed as failure:
+                    report = failure.report
+                    stopped = failure.exchange_wide
+                reports.append(report)
+        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+            # A cancelled or interrupted run keeps what it validated: the store has every chunk
+            # written so far; record the markets already done, then stop as asked.
+            yield from _record_partitions(context, key, reports, skipped, days_by_symbol, markets)
+            raise
+        yield from check_results(key, reports, not_attempted)
+        failed = [report for report in reports if not report.succeeded]
+        if failed or not_attempted:
+            # Every other market was fetched, validated and written: record exactly the days that
+            # were (a day is complete only when the source said so), then fail naming the rest.
+            recorded = yield from _record_partitions(context, key, reports, skipped, days_by_symbol, markets)
             raise dg.Failure(
-                description=(
-                    "candles failed blocking checks: "
-                    + "; ".join(report.failure_summary() for report in failed)
-                ),
+                description=_failure_description(settings.id, timeframe, reports, not_attempted, stopped, recorded),
+                metadata={
+                    "failed_markets": dg.MetadataValue.json([symbol_key(r.symbol) for r in failed]),
+                    "not_attempted_markets": dg.MetadataValue.json([symbol_key(m) for m in not_attempted]),
+                    "partitions_recorded": recorded,
+                },
                 allow_retries=False,
             )
         partitions = sum(len(report.days) for report in reports)
@@ -140,6 +166,87 @@ def _ohlcv_asset(
         yield dg.MaterializeResult(metadata={**_run_metadata(reports), "skipped_markets": ", ".join(skipped)})
 
     return ohlcv
+
+
+def _record_partitions(
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    reports: list[IngestReport],
+    skipped: list[str],
+    days_by_symbol: dict[str, list[dt.date]],
+    symbols: dict[str, str],
+) -> Generator[dg.AssetMaterialization | dg.DagsterEvent, None, int]:
+    """One materialization per partition a failed or interrupted run did store, with the metadata
+    a successful run records (per day, and the run's); returns how many.
+
+    A failing step cannot yield the range's output (that would mark every partition of the range
+    materialized), so these are events of their own. Dagster then shows the range's other
+    partitions as failed (or, with ``DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS``, missing).
+    Skipped markets (not in the active universe) are recorded as a successful run records them."""
+    run = _run_metadata(reports)
+    by_symbol = {symbol: partition for partition, symbol in symbols.items()}
+    materializations = [
+        dg.AssetMaterialization(
+            asset_key=key,
+            partition=str(dg.MultiPartitionKey({DATE: day.day.isoformat(), SYMBOL: symbol_key(report.symbol)})),
+            metadata={**run, **_day_metadata(day)},
+        )
+        for report in reports
+        for day in report.stored_days
+    ]
+    materializations += [
+        dg.AssetMaterialization(
+            asset_key=key, partition=str(dg.MultiPartitionKey({DATE: day.isoformat(), SYMBOL: by_symbol[symbol]})), metadata=run
+        )
+        for symbol in skipped
+        for day in days_by_symbol[by_symbol[symbol]]
+    ]
+    yield from _batched(context, materializations)
+    context.log.info(f"{key.to_user_string()}: recorded {len(materializations):,} partition materializations of what was stored")
+    return len(materializations)
+
+
+def _batched(
+    context: dg.AssetExecutionContext, materializations: list[dg.AssetMaterialization]
+) -> Iterator[dg.AssetMaterialization | dg.DagsterEvent]:
+    """``materializations`` as events stored in ``DAGSTER_EVENT_BATCH_SIZE`` batches, like the ones
+    Dagster makes of a step's output.
+
+    Yielded as they are, Dagster stores them one INSERT each (measured on PostgreSQL: 78 s for the
+    3,621 days of a 1h market since 2017, against 9 s for the whole successful run). A
+    ``DagsterEvent`` built with batch metadata is logged in batches as it is built, and yielding it
+    hands it to the step like any event. Falls back to plain materializations if Dagster's
+    internals move."""
+    try:
+        from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
+
+        step_context = context.op_execution_context._step_execution_context  # noqa: SLF001
+    except (ImportError, AttributeError):
+        yield from materializations
+        return
+    batch_id, last = generate_event_batch_id(), len(materializations) - 1
+    for index, materialization in enumerate(materializations):
+        yield DagsterEvent.asset_materialization(
+            step_context, materialization, DagsterEventBatchMetadata(batch_id, index == last)
+        )
+
+
+def _failure_description(
+    exchange: str,
+    timeframe: str,
+    reports: list[IngestReport],
+    not_attempted: list[str],
+    stopped: str | None,
+    recorded: int,
+) -> str:
+    """One line naming every market that failed or was not attempted, and why."""
+    failed = [report for report in reports if not report.succeeded]
+    total = len(reports) + len(not_attempted)
+    parts = [f"{len(failed)} of {total} markets failed: " + "; ".join(report.failure_summary() for report in failed)]
+    if not_attempted:
+        parts.append(f"not attempted ({stopped}): {', '.join(not_attempted)}")
+    parts.append(f"{recorded:,} partitions of what was stored are recorded")
+    return f"{exchange} {timeframe}: " + ". ".join(parts)
 
 
 def _days_by_symbol(context: dg.AssetExecutionContext) -> dict[str, list[dt.date]]:
@@ -161,18 +268,22 @@ def _dimensions(key: str) -> dict[str, str]:
 def _add_partition_metadata(context: dg.AssetExecutionContext, reports: list[IngestReport]) -> None:
     """Per-day metadata (candles, missing, first/last) on each partition's materialization."""
     by_partition = {
-        str(dg.MultiPartitionKey({DATE: day.day.isoformat(), SYMBOL: symbol_key(report.symbol)})): {
-            "candles": day.rows,
-            "missing_candles": day.missing,
-            "complete_day": day.complete,
-            "fetched": day.fetched,
-            "first_candle": _iso(day.first_timestamp),
-            "last_candle": _iso(day.last_timestamp),
-        }
+        str(dg.MultiPartitionKey({DATE: day.day.isoformat(), SYMBOL: symbol_key(report.symbol)})): _day_metadata(day)
         for report in reports
         for day in report.days
     }
     add_partition_metadata(context, by_partition)
+
+
+def _day_metadata(day: DayReport) -> dict[str, object]:
+    return {
+        "candles": day.rows,
+        "missing_candles": day.missing,
+        "complete_day": day.complete,
+        "fetched": day.fetched,
+        "first_candle": _iso(day.first_timestamp),
+        "last_candle": _iso(day.last_timestamp),
+    }
 
 
 def add_partition_metadata(context: dg.AssetExecutionContext, by_partition: dict[str, dict[str, object]]) -> None:

@@ -1,15 +1,18 @@
 """Asset checks of OHLCV assets: blocking Pandera checks and a non-blocking gaps warning.
 
 A range run records one evaluation per check for its whole range, so each result names the
-failing days (and markets) in its metadata.
+failing days (and markets) in its metadata; ``failed_markets`` lists the failing markets'
+partition keys (a run over many markets fails only for those), and ``markets_not_checked`` the
+markets whose candles never arrived (a request failed, or the run stopped before them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 
+from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.market_data.ingest import IngestReport
 from atlas_pipeline.market_data.validation import BLOCKING_CHECKS, GAPS_CHECK
 
@@ -33,10 +36,15 @@ def ohlcv_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     return specs
 
 
-def check_results(asset_key: dg.AssetKey, reports: list[IngestReport]) -> Iterator[dg.AssetCheckResult]:
-    """One result per check over every market of the run."""
+def check_results(
+    asset_key: dg.AssetKey, reports: list[IngestReport], not_attempted: Sequence[str] = ()
+) -> Iterator[dg.AssetCheckResult]:
+    """One result per check over every market of the run; ``not_attempted``: markets the run
+    stopped before (named, with those whose request failed, as not checked)."""
+    unchecked = [f"{r.symbol} (request failed)" for r in reports if r.error is not None and not r.checks]
+    unchecked += [f"{symbol} (not attempted)" for symbol in not_attempted]
     for index, name in enumerate(BLOCKING_CHECKS):
-        outcomes = [(report, report.checks[index]) for report in reports]
+        outcomes = [(report, report.checks[index]) for report in reports if report.checks]
         failed = [(report, outcome) for report, outcome in outcomes if not outcome.passed]
         yield dg.AssetCheckResult(
             asset_key=asset_key,
@@ -46,12 +54,14 @@ def check_results(asset_key: dg.AssetKey, reports: list[IngestReport]) -> Iterat
             metadata={
                 "failing_rows": sum(outcome.failures for _, outcome in failed),
                 "failing_days": sum(len(outcome.failing_days) for _, outcome in failed),
+                "failed_markets": dg.MetadataValue.json([symbol_key(report.symbol) for report, _ in failed]),
                 "details": dg.MetadataValue.md(
                     "\n".join(f"- {report.symbol}: {outcome.describe()}" for report, outcome in failed) or "passed"
                 ),
+                "markets_not_checked": ", ".join(unchecked),
             },
         )
-    gaps = [(report, day) for report in reports for day in report.days if day.missing]
+    gaps = [(report, day) for report in reports for day in report.stored_days if day.missing]
     yield dg.AssetCheckResult(
         asset_key=asset_key,
         check_name=GAPS_CHECK,
