@@ -42,6 +42,7 @@ from atlas_pipeline.market_data.emulator.sources import (
     VALUE_COLUMNS,
     UnknownSymbol,
     UnsupportedTimeframe,
+    served_markets,
 )
 
 KLINE_INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
@@ -333,11 +334,7 @@ class BinanceApi:
 
     def __post_init__(self) -> None:
         self.delisted, self.removed = frozenset(self.delisted), frozenset(self.removed)
-        markets = self.source.markets()
-        unknown = sorted((self.delisted | self.removed) - set(markets))
-        if unknown:
-            raise ValueError(f"delisted/removed markets {unknown} are not in the source ({sorted(markets)})")
-        self.symbols = {market_id(symbol): symbol for symbol in markets if symbol not in self.removed}
+        self.symbols = served_markets(self.source, self.delisted, self.removed, market_id)
 
     def answer(self, endpoint: str, params: Mapping[str, Sequence[str]], now: int) -> tuple[int, Any]:
         try:

@@ -55,7 +55,12 @@ import pandas as pd
 from atlas_pipeline.market_data.candles import DAY_MS, empty_candles, timeframe_ms
 from atlas_pipeline.market_data.emulator.binance_api import kline_rows, split_symbol, ticker_24hr
 from atlas_pipeline.market_data.emulator.faults import OKX_ROWS
-from atlas_pipeline.market_data.emulator.sources import CandleSource, UnknownSymbol, UnsupportedTimeframe
+from atlas_pipeline.market_data.emulator.sources import (
+    CandleSource,
+    UnknownSymbol,
+    UnsupportedTimeframe,
+    served_markets,
+)
 
 PATHS = {
     "/api/v5/public/instruments": "instruments",
@@ -311,11 +316,7 @@ class OkxApi:
         self.delisted, self.removed = frozenset(self.delisted), frozenset(self.removed)
         if not 1 <= self.history_limit <= HISTORY_LIMIT:
             raise ValueError(f"history_limit must be 1..{HISTORY_LIMIT}, got {self.history_limit}")
-        markets = self.source.markets()
-        unknown = sorted((self.delisted | self.removed) - set(markets))
-        if unknown:
-            raise ValueError(f"delisted/removed markets {unknown} are not in the source ({sorted(markets)})")
-        self.symbols = {inst_id(symbol): symbol for symbol in markets if symbol not in self.removed}
+        self.symbols = served_markets(self.source, self.delisted, self.removed, inst_id)
         self._list_times: dict[str, int | None] = {}
 
     def answer(self, endpoint: str, params: Mapping[str, Sequence[str]], now: int) -> tuple[int, Any]:

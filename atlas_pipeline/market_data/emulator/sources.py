@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -99,6 +100,18 @@ def check_multiple(timeframe: str, base_ms: int) -> int:
     if ms % base_ms != 0:
         raise UnsupportedTimeframe(f"timeframe {timeframe!r} is not a multiple of the data's {base_ms} ms candles")
     return ms
+
+
+def served_markets(
+    source: CandleSource, delisted: frozenset[str], removed: frozenset[str], market_id: Callable[[str], str]
+) -> dict[str, str]:
+    """An emulated API's exchange ids -> symbols: every market of ``source`` but the ``removed``
+    ones; ``delisted`` and ``removed`` must be markets of the source."""
+    markets = source.markets()
+    unknown = sorted((delisted | removed) - set(markets))
+    if unknown:
+        raise ValueError(f"delisted/removed markets {unknown} are not in the source ({sorted(markets)})")
+    return {market_id(symbol): symbol for symbol in markets if symbol not in removed}
 
 
 def symbol_from_key(key: str) -> str:
