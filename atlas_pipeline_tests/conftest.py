@@ -21,3 +21,18 @@ def emulator_factory():
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_defs_state_storage_left_behind():
+    """Each test starts with no "current" Dagster defs-state storage.
+
+    Entering a ``DagsterInstance`` puts its defs-state storage in a context variable that every
+    ``Definitions`` load reads; an instance a test leaves entered (or exits out of order) leaves a
+    storage whose instance is gone, and every later load in the session fails with "Attempted to
+    resolve undefined DagsterInstance weakref" (seen in CI, tests far from the one that leaked).
+    """
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
