@@ -28,6 +28,7 @@ import pandas as pd
 
 from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, empty_candles, normalize_candles, timeframe_ms
 from atlas_pipeline.market_data.sources import CcxtRest, OhlcvFetcher, PagingError, rest_for
+from atlas_pipeline.market_data.sources.ccxt_rest import iso
 
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 60.0
@@ -216,7 +217,7 @@ class ExchangeClient:
                 if len(pages) % 25 == 0:
                     self.log.info(
                         f"{self.connection.exchange_id} {symbol} {timeframe}: {self._counters.requests - before.requests} "
-                        f"requests, {fetched:,} candles, {_iso(low)}..{_iso(high)}"
+                        f"requests, {fetched:,} candles, {iso(low)}..{iso(high)}"
                     )
         except PagingError as error:
             raise ExchangeRequestError(f"{self.connection.exchange_id} {symbol} {timeframe}: {error}") from error
@@ -312,10 +313,6 @@ def _rows_to_frame(pages: list[list[list[Any]]]) -> pd.DataFrame:
     except (TypeError, ValueError) as error:
         bad = next((row for row in rows if len(row) < 6 or row[0] is None), rows[0])
         raise ExchangeRequestError(f"unreadable candle in the exchange's answer: {bad!r} ({error})") from error
-
-
-def _iso(ms: int) -> str:
-    return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M")
 
 
 def _iso_seconds(ms: int) -> str:
