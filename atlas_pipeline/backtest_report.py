@@ -11,8 +11,9 @@ Per market, in this order:
   every window (train and test dates, winner, in- and out-of-sample metrics).
 
 The title names the params every market ran with (or says they were chosen per market).
-``warnings`` (e.g. "candles cover 90 of 1,430 days", computed by whoever knows) are shown at the
-top of the report and of their market's section.
+Warnings (e.g. "candles cover 90 of 1,430 days", computed by whoever knows) are shown at the top
+of the report and of their market's section: those passed in ``warnings`` and a list stored under
+the key ``warnings`` in the market's ``metrics.json`` (where the metrics step can leave them).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def write_backtest_report(
         shown = list(warnings.get(symbol, ()))
         metrics = results.load_metrics(settings.name, symbol)
         if metrics is not None:
+            shown = [*metrics.pop("warnings", ()), *shown]
             section = _backtest_section(settings, symbol, metrics, results, store, shown)
             ran_with.append(section.params)
             sections.append(section)

@@ -38,6 +38,7 @@ from atlas_pipeline_tests.support import between, needs_shared_candles, shared_c
 
 SYMBOL = "ETH/BTC"
 THIN = "candles cover 14 of the 20 days of the period (2018-01-10 to 2018-01-24)"
+GAPS = "3 candles missing inside the period"
 SETTINGS = BacktestSettings(
     name="swept", strategy="sma_crossover", exchange="binance", timeframe="5m", symbols=[SYMBOL],
     period={"start": "2018-01-10", "end": "2018-01-30"}, cash=1000, fees={"taker": 0.001},
@@ -122,10 +123,11 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Stored:
                                             SETTINGS.sweep_filters(), SETTINGS.walk_forward_plan())
     results.save_sweep(SETTINGS.name, SYMBOL, sweep.table)
     results.save_result(SETTINGS.name, SYMBOL, result)
-    results.save_metrics(SETTINGS.name, SYMBOL, compute_metrics(result.equity, result.trades, result.close))
+    metrics = compute_metrics(result.equity, result.trades, result.close)
+    results.save_metrics(SETTINGS.name, SYMBOL, {**metrics, "warnings": [THIN]})  # as the metrics step may
     results.save_walk_forward(SETTINGS.name, SYMBOL, walk, b"png")
     path = write_backtest_report(SETTINGS, results, root / "reports" / "swept.html",
-                                 warnings={SYMBOL: [THIN], "": ["<b>report-wide</b> note"]})
+                                 warnings={SYMBOL: [GAPS], "": ["<b>report-wide</b> note"]})
     return Stored(root, candles, sweep, result, walk, path.read_text(encoding="utf-8"))
 
 
@@ -233,8 +235,10 @@ def test_warnings_are_shown_first_and_in_their_market(stored: Stored) -> None:
     boxes = re.findall(r'<div class="warnings" role="alert">(.*?)</div>', text, re.S)
     assert len(boxes) == 2
     assert text.index(boxes[0]) < text.index("<h2>Summary</h2>")
-    assert "&lt;b&gt;report-wide&lt;/b&gt; note" in boxes[0] and f"{SYMBOL}: {THIN}" in boxes[0]
-    assert text.index(boxes[1]) > text.index(f"<h2>{SYMBOL}</h2>") and THIN in boxes[1]
+    assert "&lt;b&gt;report-wide&lt;/b&gt; note" in boxes[0]
+    assert f"{SYMBOL}: {THIN}" in boxes[0] and f"{SYMBOL}: {GAPS}" in boxes[0]
+    assert text.index(boxes[1]) > text.index(f"<h2>{SYMBOL}</h2>") and THIN in boxes[1] and GAPS in boxes[1]
+    assert not re.search(r"<th[^>]*>warnings</th>", text, re.I)  # stored with the metrics, not shown as one
     assert f"<h2>{SYMBOL} walk-forward</h2>" in text  # shown once per market, not again there
 
 
