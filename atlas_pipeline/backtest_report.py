@@ -86,11 +86,15 @@ def report_title(settings: BacktestSettings, ran_with: Sequence[str]) -> str:
     """``name: strategy fast=10, slow=40 on binance 1h``; a swept backtest says the params are the
     chosen ones (``chosen by sharpe from 12 candidates``), or that markets chose differently."""
     distinct = list(dict.fromkeys(ran_with))
+    how = f"by {settings.objective.metric} from {len(settings.candidates())} candidates"
     if settings.grid is None:
         params = distinct[0] if len(distinct) == 1 else format_params(settings.params)
-    else:
-        how = f"by {settings.objective.metric} from {len(settings.candidates())} candidates"
-        params = f"{distinct[0]} (chosen {how})" if len(distinct) == 1 else f"params chosen per market {how}"
+    elif len(distinct) == 1:
+        params = f"{distinct[0]} (chosen {how})"
+    elif distinct:
+        params = f"params chosen per market {how}"
+    else:  # only walk-forward results: each window has its own winner
+        params = f"params chosen per walk-forward window {how}"
     return f"{settings.name}: {settings.strategy} {params} on {settings.exchange} {settings.timeframe}"
 
 

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from atlas_pipeline.backtest_report import write_backtest_report
+from atlas_pipeline.backtest_report import report_title, write_backtest_report
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.market_data.candles import split_by_day
 from atlas_pipeline.market_data.store import CandleStore
@@ -142,6 +142,16 @@ def test_title_names_the_chosen_params(stored: Stored) -> None:
                                     "from 6 candidates) on binance 5m")
     assert "{}" not in title
     assert f'Params: <span class="params">allow_short=False, {chosen}</span>' in stored.text
+
+
+def test_title_when_markets_chose_differently_or_nothing_was_swept() -> None:
+    tail = "by total_return from 6 candidates on binance 5m"
+    assert report_title(SETTINGS, ["fast=5, slow=20", "fast=10, slow=40", "fast=5, slow=20"]) == (
+        f"swept: sma_crossover params chosen per market {tail}")
+    assert report_title(SETTINGS, []) == f"swept: sma_crossover params chosen per walk-forward window {tail}"
+    plain = SETTINGS.model_copy(update={"grid": None, "params": {"fast": 7}})
+    assert report_title(plain, ["allow_short=False, fast=7, slow=50"] * 2) == (
+        "swept: sma_crossover allow_short=False, fast=7, slow=50 on binance 5m")
 
 
 @needs_shared_candles
