@@ -297,6 +297,12 @@ def test_recorded_indicators_equal_numpy(strategy: str) -> None:
     if strategy == "rsi_mean_reversion":
         rsi = result.indicators["RSI (14)"]
         assert rsi.between(0, 100).all() and rsi.notna().all()
+    figure = as_json(price_figure(candles.iloc[first:], result.close, result.indicators, result.indicator_panels,
+                                  result.orders, result.trades, "t"))
+    axes = {t["name"]: t.get("yaxis", "y") for t in figure["data"]}
+    # over the candles (y), or on the own panel below the volume (y2): the third row, y3
+    assert {column: axes[column] for column in expected} == {
+        column: "y" if panel == "price" else "y3" for column, panel in panels.items()}
 
 
 @needs_shared_candles
