@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from atlas_pipeline.backtest_report import write_backtest_report  # noqa: F401 - where the CLI and demo find it
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.research import engine, walkforward
@@ -25,7 +26,6 @@ from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, 
 from atlas_pipeline.research.engine import BacktestSpec
 from atlas_pipeline.research.lookahead import LookaheadReport
 from atlas_pipeline.research.metrics import compute_metrics
-from atlas_pipeline.research.report import ReportSection, write_html_report
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.results import BacktestResult
 from atlas_pipeline.research.strategy_loader import load_strategy, validate_params
@@ -35,7 +35,7 @@ Log = Callable[[str], None]
 WORKERS_ENV = "ATLAS_WORKERS"
 
 CHARTS = ("equity_drawdown", "trades")
-"""Charts the metrics step draws for every backtest result, by file name."""
+"""PNG charts the metrics step draws for every backtest result (Dagster metadata), by file name."""
 LEADERBOARD_METRICS = ("sharpe", "total_return", "cagr", "max_drawdown", "trade_count", "win_rate", "buy_and_hold_return")
 
 
@@ -236,26 +236,6 @@ def table_markdown(table: pd.DataFrame, empty: str = "no rows") -> str:
 
 def leaderboard_markdown(table: pd.DataFrame) -> str:
     return table_markdown(table, empty="no metrics yet")
-
-
-def write_backtest_report(settings: BacktestSettings, results: ResultStore, path: Path) -> Path:
-    """An HTML report of every market of a backtest that has stored metrics and charts."""
-    sections = []
-    for symbol in settings.symbols:
-        metrics = results.load_metrics(settings.name, symbol)
-        if metrics is None:
-            continue
-        charts = {chart: results.load_chart(settings.name, symbol, chart) for chart in CHARTS}
-        sections.append(
-            ReportSection(heading=symbol, metrics=metrics, charts={k: v for k, v in charts.items() if v is not None})
-        )
-    if not sections:
-        raise FileNotFoundError(
-            f"backtest {settings.name!r} has no stored metrics yet: run `atlas backtest {settings.name}` "
-            f"or materialize metrics/{settings.name}"
-        )
-    title = f"{settings.name}: {settings.strategy} {dict(settings.params)} on {settings.exchange} {settings.timeframe}"
-    return write_html_report(path, title, sections)
 
 
 def _number(value: Any) -> float:

@@ -27,7 +27,7 @@ class SmaCrossover(AtlasStrategy):
             raise ValueError(f"need 1 <= fast < slow, got fast={self.p.fast} slow={self.p.slow}")
         fast = bt.ind.SMA(self.data.close, period=self.p.fast)
         slow = bt.ind.SMA(self.data.close, period=self.p.slow)
-        self.cross = bt.ind.CrossOver(fast, slow)
+        self.cross = bt.ind.CrossOver(fast, slow, plot=False)  # a signal, not a chart line
 
     def next(self) -> None:
         cross = self.cross[0]

@@ -43,6 +43,12 @@ class BacktestResult:
     """What the run used: ``strategy`` (name), ``params`` (every strategy param, defaults filled
     in), ``timeframe``, and the costs ``cash``, ``fraction``, ``commission``, ``slippage``,
     ``cushion`` (see ``research.engine``)."""
+    indicators: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The strategy's plotted indicator lines over the same bars as ``equity``, one float column
+    per line (``SMA (20)``, ``BollingerBands (20, 2.0) top``); rules in ``engine.indicators``."""
+    indicator_panels: dict[str, str] = field(default_factory=dict)
+    """Column of ``indicators`` -> chart panel: ``"price"`` (over the candles) or the name of
+    the indicator's own panel."""
 
     @property
     def bars(self) -> int:

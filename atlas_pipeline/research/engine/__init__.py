@@ -43,6 +43,9 @@ numpy implementation):
   trades only. Force-closing would invent a fill at a close price and a fee no order paid.
 - **Equity** of a bar is ``cash + position * close`` after that bar's fills, exactly the
   broker's value; it is rebuilt after the run from the fills instead of sampled every bar.
+- **Indicators.** The strategy's plotted indicator lines over the same bars as ``equity``
+  (``BacktestResult.indicators``), read from backtrader's buffers after the run; which ones and
+  on which chart panel follows backtrader's ``plotinfo`` (``engine/indicators.py``).
 
 Speed (``bench/backtest.py --variants``, 525,600 1m bars, SMA crossover, 2-core box): 35.2k
 bars/s, against 12.6k for a bare script with ``PandasData`` and ``bt.Cerebro()`` defaults (2.8x).
@@ -69,6 +72,7 @@ import pandas as pd
 
 from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, ms_to_iso, timeframe_ms
 from atlas_pipeline.market_data.store import CandleStore, TimeLike
+from atlas_pipeline.research.engine.indicators import record_indicators
 from atlas_pipeline.research.results import EQUITY_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS, BacktestResult
 from atlas_pipeline.research.strategy_base import FLAT, LONG, SHORT, AtlasStrategy
 from atlas_pipeline.research.strategy_loader import (
@@ -476,6 +480,7 @@ def _result(
         {"equity": cash + position * held, "cash": cash, "position": position, "in_market": position != 0},
         index=_times(ms[first:]),
     ).loc[:, list(EQUITY_COLUMNS)]
+    indicators, panels = record_indicators(strategy, first, equity.index)
     return BacktestResult(
         equity=equity,
         trades=_trades(strategy, ms),
@@ -488,6 +493,8 @@ def _result(
             "timeframe": timeframe,
             **{k: getattr(spec, k) for k in ("cash", "fraction", "commission", "slippage", "cushion")},
         },
+        indicators=indicators,
+        indicator_panels=panels,
     )
 
 
