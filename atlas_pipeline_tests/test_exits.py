@@ -201,3 +201,254 @@ def test_exits_equal_the_reference_on_real_candles(eth_btc, case, allow_short):
     assert_matches(result, ref, eth_btc)
     reasons = set(result.trades["exit_reason"])
     assert len(reasons) >= 2, reasons  # the case exercises exits and signals, not one path only
+
+
+# ---- edge cases on hand-built bars -------------------------------------------------------------
+
+S, C = 0.001, 0.001  # slippage, commission of the edge cases
+
+
+def bars(*ohlc: tuple[float, float, float, float]) -> pd.DataFrame:
+    o, h, lo, c = (np.array(column, dtype=float) for column in zip(*ohlc))
+    return pd.DataFrame({
+        "timestamp": 1_700_000_000_000 + 60_000 * np.arange(len(o), dtype=np.int64),
+        "open": o, "high": h, "low": lo, "close": c, "volume": 1.0,
+    })
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("strategies")
+    write_strategy(folder, "scripted", SCRIPTED)
+    return folder
+
+
+def run(candles: pd.DataFrame, plan: str, exits: Exits, folder: Path, allow_short: bool = False):
+    spec = BacktestSpec("scripted", {"plan": plan, "allow_short": allow_short}, fraction=0.5,
+                        commission=C, slippage=S, exits=exits)
+    return run_backtest(candles, spec, "1m", strategies_dir=folder)
+
+
+def only_exit(result) -> pd.Series:
+    """The single completed exit order."""
+    done = result.orders[(result.orders["status"] == "completed") & (result.orders["kind"] != "market")]
+    assert len(done) == 1, result.orders
+    return done.iloc[0]
+
+
+FLAT_BAR = (100, 100.5, 99.5, 100)
+
+
+def test_a_gap_through_the_stop_fills_at_the_open_and_the_entry_bar_never_triggers(scripted):
+    candles = bars(FLAT_BAR, FLAT_BAR, (100, 100, 90, 99), (99, 100, 96, 97), (90, 91, 88, 89), FLAT_BAR)
+    result = run(candles, "1:L", Exits(stop_loss=0.05), scripted)
+    entry = 100 * (1 + S)
+    exit_ = only_exit(result)
+    assert exit_["executed_time"] == result.equity.index[4]  # not bar 2 (the entry bar, low 90 < stop)
+    assert exit_["price"] == pytest.approx(90 * (1 - S), rel=1e-12)  # the open, not the stop 95.x
+    assert exit_["fee"] == pytest.approx(exit_["size"] * exit_["price"] * C, rel=1e-12)
+    trade = result.trades.iloc[0]
+    assert trade["exit_reason"] == "stop_loss" and trade["entry_price"] == pytest.approx(entry, rel=1e-12)
+    assert trade["fees"] == pytest.approx(trade["size"] * (entry + exit_["price"]) * C, rel=1e-12)
+
+
+def test_stop_and_target_inside_one_bar_the_stop_fills(scripted):
+    candles = bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, (100, 112, 94, 100), FLAT_BAR)
+    result = run(candles, "1:L", Exits(stop_loss=0.05, take_profit=0.10), scripted)
+    stop = 100 * (1 + S) * 0.95
+    assert only_exit(result)["price"] == pytest.approx(stop * (1 - S), rel=1e-12)
+    assert result.trades["exit_reason"].tolist() == ["stop_loss"]
+    # the OCO sibling was canceled, not filled
+    assert result.orders.set_index("kind").loc["take_profit", "status"] == "canceled"
+
+
+def test_a_bar_opening_through_the_target_fills_it_at_the_open_even_if_it_then_falls_through_the_stop(scripted):
+    candles = bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, (112, 113, 94, 100), FLAT_BAR)
+    result = run(candles, "1:L", Exits(stop_loss=0.05, take_profit=0.10), scripted)
+    assert only_exit(result)["price"] == pytest.approx(112 * (1 - S), rel=1e-12)
+    assert result.trades["exit_reason"].tolist() == ["take_profit"]
+
+
+def test_a_target_touched_inside_the_bar_fills_at_its_level_without_slippage(scripted):
+    candles = bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, (100, 112, 99, 100), FLAT_BAR)
+    result = run(candles, "1:L", Exits(stop_loss=0.05, take_profit=0.10), scripted)
+    assert only_exit(result)["price"] == pytest.approx(100 * (1 + S) * 1.10, rel=1e-12)
+
+
+def test_the_trailing_stop_ratchets_on_a_new_high_close_then_fills_on_the_fall(scripted):
+    """Trail 10 %: the close of 120 lifts the stop to 108. The bar's high of 130 does not (a
+    level of 117 would have filled on the next bar's low of 110); the fall to 100 fills at 108."""
+    candles = bars(
+        FLAT_BAR, FLAT_BAR, FLAT_BAR,
+        (100, 130, 99, 120),   # new high close; low 99 is above the starting stop (90.09)
+        (119, 119, 110, 112),  # above 108: no fill
+        (111, 111, 100, 101),  # falls through 108
+        FLAT_BAR,
+    )
+    result = run(candles, "1:L", Exits(trailing_stop=0.10), scripted)
+    exit_ = only_exit(result)
+    assert exit_["executed_time"] == result.equity.index[5]
+    assert exit_["price"] == pytest.approx((120 - 120 * 0.10) * (1 - S), rel=1e-12)
+    assert result.trades["exit_reason"].tolist() == ["trailing_stop"]
+
+
+def test_stop_loss_and_trailing_stop_together_say_which_level_filled(scripted):
+    # stop 5 % (95.095), trail 10 %: the stop-loss is the tighter level until a close above 105.66
+    falls = bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, (100, 100, 94, 96), FLAT_BAR)
+    assert run(falls, "1:L", Exits(stop_loss=0.05, trailing_stop=0.10), scripted).trades["exit_reason"].tolist() == ["stop_loss"]
+    rises = bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, (100, 121, 100, 120), (119, 119, 100, 101), FLAT_BAR)
+    result = run(rises, "1:L", Exits(stop_loss=0.05, trailing_stop=0.10), scripted)
+    assert result.trades["exit_reason"].tolist() == ["trailing_stop"]
+    assert only_exit(result)["price"] == pytest.approx(108 * (1 - S), rel=1e-12)
+
+
+SHORT_CASES = {
+    # name: (bar 3 after a short entry at 100 x (1 - S), exits, expected price, reason)
+    "stop": ((100, 106, 99, 100), Exits(stop_loss=0.05), 100 * (1 - S) * 1.05 * (1 + S), "stop_loss"),
+    "gap-through-stop": ((108, 109, 107, 108), Exits(stop_loss=0.05), 108 * (1 + S), "stop_loss"),
+    "target": ((100, 100, 89, 95), Exits(take_profit=0.10), 100 * (1 - S) * 0.90, "take_profit"),
+    "both-inside": ((100, 106, 89, 95), Exits(stop_loss=0.05, take_profit=0.10), 100 * (1 - S) * 1.05 * (1 + S), "stop_loss"),
+}
+
+
+@pytest.mark.parametrize("case", list(SHORT_CASES))
+def test_exits_of_a_short(scripted, case):
+    bar, exits, price, reason = SHORT_CASES[case]
+    result = run(bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, bar, FLAT_BAR), "1:S", exits, scripted, allow_short=True)
+    exit_ = only_exit(result)
+    assert exit_["side"] == "buy" and exit_["price"] == pytest.approx(price, rel=1e-12)
+    assert result.trades["side"].tolist() == ["short"] and result.trades["exit_reason"].tolist() == [reason]
+
+
+def test_the_trailing_stop_of_a_short_follows_the_lowest_close(scripted):
+    candles = bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, (100, 100, 80, 90), (89, 95, 88, 94), (94, 100, 93, 99), FLAT_BAR)
+    result = run(candles, "1:S", Exits(trailing_stop=0.05), scripted, allow_short=True)
+    exit_ = only_exit(result)  # the close of 90 set the stop to 94.5; bar 4 reaches 95
+    assert exit_["executed_time"] == result.equity.index[4]
+    assert exit_["price"] == pytest.approx((90 + 90 * 0.05) * (1 + S), rel=1e-12)
+
+
+def test_an_exit_and_a_reversal_signal_on_one_bar(scripted):
+    """The stop fills inside bar 3 and the strategy turns short on bar 3's close: the position is
+    already flat, so only the opening sell goes out, at bar 4's open."""
+    low = (95, 95.5, 94.5, 95)
+    candles = bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, (100, 100, 94, 95), low, low, low)
+    result = run(candles, "1:L,3:S", Exits(stop_loss=0.05), scripted, allow_short=True)
+    done = result.orders[result.orders["status"] == "completed"]
+    assert done["kind"].tolist() == ["market", "stop_loss", "market"]
+    assert done["side"].tolist() == ["buy", "sell", "sell"]
+    assert done["executed_time"].tolist() == list(result.equity.index[[2, 3, 4]])
+    assert result.trades["exit_reason"].tolist() == ["stop_loss"]
+    assert result.equity["position"].iloc[4] < 0  # short from bar 4, with its own exits
+    assert result.orders["kind"].iloc[-1] == "stop_loss" and result.orders["status"].iloc[-1] == "canceled"
+
+
+def test_a_reversal_signal_wins_over_an_exit_on_the_bar_it_fills(scripted):
+    """The strategy reverses on bar 2's close; bar 3 falls through the old stop, but the live exits
+    were canceled with the signal and the close fills at bar 3's open."""
+    candles = bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, (100, 100, 90, 92), FLAT_BAR)
+    result = run(candles, "1:L,2:S", Exits(stop_loss=0.05), scripted, allow_short=True)
+    done = result.orders[result.orders["status"] == "completed"]
+    assert done["kind"].tolist() == ["market", "market", "market"]
+    assert done["price"].tolist()[1:] == pytest.approx([100 * (1 - S)] * 2, rel=1e-12)
+    assert result.trades["exit_reason"].tolist()[0] == "signal"
+    # the new short's stop (105.x) never triggers on a fall
+    assert result.equity["position"].iloc[-1] < 0
+
+
+def test_without_exits_a_plain_run_sends_no_exit_orders(scripted):
+    candles = bars(FLAT_BAR, FLAT_BAR, (100, 100, 50, 60), (60, 60, 50, 55), FLAT_BAR)
+    result = run(candles, "1:L", None, scripted)
+    assert result.orders["kind"].tolist() == ["market"] and result.trades.empty
+
+
+PROTECTING = """
+    from atlas_pipeline.research.engine import Exits
+    from atlas_pipeline.research.strategy_base import AtlasStrategy
+
+    class Protecting(AtlasStrategy):
+        '''Sets its own exits in code; long on bar 1.'''
+
+        def __init__(self):
+            super().__init__()
+            self.configured = self.exits
+            self.exits = Exits(stop_loss=0.05)
+
+        def next(self):
+            if len(self) == 2:
+                self.target(1)
+"""
+
+
+def test_strategy_code_reads_and_sets_its_exits(scripted):
+    write_strategy(scripted, "protecting", PROTECTING)
+    candles = bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, (100, 100, 90, 92), FLAT_BAR)
+    result = run_backtest(candles, BacktestSpec("protecting", commission=C, slippage=S), "1m", strategies_dir=scripted)
+    assert result.trades["exit_reason"].tolist() == ["stop_loss"]
+    assert only_exit(result)["price"] == pytest.approx(100 * (1 + S) * 0.95 * (1 - S), rel=1e-12)
+
+
+# ---- sweeps and config -------------------------------------------------------------------------
+
+
+def test_a_sweep_grids_over_exit_values(scripted):
+    """``exits.<key>`` candidates run with those exits (the same result as a direct run), and a
+    candidate's value overrides the pool's."""
+    candles = bars(FLAT_BAR, FLAT_BAR, FLAT_BAR, (100, 100, 93, 94), (94, 95, 85, 86), FLAT_BAR)
+    spec = BacktestSpec("scripted", {"plan": "1:L"}, commission=C, slippage=S, exits=Exits(take_profit=0.5))
+    jobs = [BacktestJob({"exits.stop_loss": 0.05}), BacktestJob({"exits.stop_loss": 0.10}), BacktestJob({})]
+    with BacktestPool(candles, spec, "1m", scripted, workers=1) as pool:
+        outcomes = pool.run(jobs, keep_results=True)
+    prices = [only_exit(o.result)["price"] if len(o.result.trades) else None for o in outcomes]
+    assert prices[0] == pytest.approx(100 * (1 + S) * 0.95 * (1 - S), rel=1e-12)
+    assert prices[1] == pytest.approx(100 * (1 + S) * 0.90 * (1 - S), rel=1e-12)
+    assert prices[2] is None  # only the far take-profit: still open
+    assert outcomes[0].result.parameters["exits"] == {"stop_loss": 0.05, "take_profit": 0.5}
+    direct = run_backtest(candles, BacktestSpec("scripted", {"plan": "1:L"}, commission=C, slippage=S,
+                                                 exits=Exits(stop_loss=0.10, take_profit=0.5)), "1m", strategies_dir=scripted)
+    pd.testing.assert_frame_equal(outcomes[1].result.orders, direct.orders)
+
+
+def test_exits_in_backtests_yaml(tmp_path):
+    from atlas_pipeline.research_runs import backtest_spec, check_grid
+    from atlas_pipeline_tests.test_backtests_config import GOOD, load
+
+    settings = load(tmp_path, {"sma": {**GOOD, "exits": {"stop_loss": 0.05, "trailing_stop": 0.03}}}).get("sma")
+    assert backtest_spec(settings).exits == Exits(stop_loss=0.05, trailing_stop=0.03)
+    assert backtest_spec(load(tmp_path, {"sma": GOOD}).get("sma")).exits is None
+    swept = load(tmp_path, {"sma": {**GOOD, "params": {}, "exits": {"take_profit": 0.1},
+                                    "grid": {"fast": [5, 10], "exits.stop_loss": [0.02, 0.05]}}}).get("sma")
+    assert {"fast": 5, "exits.stop_loss": 0.05} in swept.candidates() and len(swept.candidates()) == 4
+    check_grid(swept, None)  # the strategy is asked only about its own params
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "reason"),
+    [
+        ({"exits": {"stop_loss": 1.5}}, "backtests.sma.exits.stop_loss = 1.5", "less than 1"),
+        ({"exits": {"take_profit": 0}}, "backtests.sma.exits.take_profit = 0", "greater than 0"),
+        ({"exits": {"stoploss": 0.05}}, "backtests.sma.exits.stoploss = 0.05", "unknown key"),
+        ({"exits": {"trailing_stop": "3%"}}, "backtests.sma.exits.trailing_stop = '3%'", "valid number"),
+        ({"grid": {"exits.stop": [0.1]}}, "backtests.sma.grid.exits.stop", "unknown exit; exits are stop_loss"),
+        ({"grid": {"exits.stop_loss": [0.1, 2]}}, "backtests.sma.grid.exits.stop_loss[1] = 2", "0 < value < 1"),
+        ({"exits": {"stop_loss": 0.05}, "grid": {"exits.stop_loss": [0.1]}}, "backtests.sma.grid.exits.stop_loss",
+         "both fixed in exits and swept in grid"),
+    ],
+)
+def test_bad_exits_name_the_file_backtest_and_key(tmp_path, change, key, reason):
+    from atlas_pipeline_tests.test_backtests_config import GOOD, load
+
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, {"sma": {**GOOD, "params": {}, **change}})
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'backtests.yaml'}: {key}"), message
+    assert reason in message, message
+
+
+def test_the_shipped_config_has_a_backtest_with_exits():
+    from atlas_pipeline.config import load_exchanges_config
+    from atlas_pipeline.config.backtests import load_backtests_config
+
+    backtests = load_backtests_config(load_exchanges_config()).backtests.values()
+    assert any(b.exits.exits() for b in backtests)
+    assert any(name.startswith("exits.") for b in backtests for name in (b.grid or {}))
