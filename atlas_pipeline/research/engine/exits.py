@@ -100,6 +100,35 @@ class ExitBroker:
         self.exit_reasons: dict[int, str] = {}
         """Exit order ref -> the exit it closes a position as (``orders.kind``, ``trades.exit_reason``)."""
 
+    def next(self) -> None:
+        """A bar that triggers none of the waiting exits (and has no other order) only ratchets
+        the trailing stops on its close and revalues the account: exactly what
+        ``BackBroker.next``'s full loop would do then (spot: no interest, no cash adjustment),
+        at a fraction of its cost. A position's exits wait on most bars, so this is most bars."""
+        if self._toactivate or self._userhist or not self._exits_quiet():
+            super().next()  # type: ignore[misc]
+            return
+        for order in self.pending:
+            if order.exectype == bt.Order.StopTrail:
+                order.trailadjust(order.data.close[0])
+        self._get_value()  # type: ignore[attr-defined]
+
+    def _exits_quiet(self) -> bool:
+        """Every waiting order is an exit this bar's range does not reach (backtrader's own
+        trigger tests, negated: a sell stop fills at ``low <= level``, a sell limit at
+        ``high >= level``, and the mirror for buys)."""
+        for order in self.pending:
+            if order.ref not in self.exit_reasons:
+                return False
+            data, level = order.data, order.created.price
+            stop = order.exectype != bt.Order.Limit
+            if order.issell() == stop:  # sell stop or buy limit: reached from above
+                if data.low[0] <= level:
+                    return False
+            elif data.high[0] >= level:  # buy stop or sell limit: reached from below
+                return False
+        return True
+
     def _try_exec(self, order: bt.Order) -> None:
         target = self.exit_targets.get(order.ref)
         if target is not None and target.alive() and _gapped_through(target, order.data.open[0]):
