@@ -57,7 +57,7 @@ numpy columns into the line buffers, no per-bar ``_load``, no tick bookkeeping) 
 bars with no order waiting 1.1x. All give the same trades and final value. Fills are recorded by
 the broker as they happen, so no analyzer or observer runs per bar. With exits
 (``bench/backtest.py``, always run) the engine stays >= 2x a bare backtrader script with the same
-Stop + Limit OCO exits (2.58x measured): a bar that reaches no waiting exit skips the broker's
+Stop + Limit OCO exits (2.83x measured, 86,400 bars): a bar that reaches no waiting exit skips the broker's
 full loop (``ExitBroker.next``).
 """
 
@@ -206,7 +206,8 @@ class _Fill:
 class RecordingBroker(ExitBroker, bt.brokers.BackBroker):
     """``BackBroker`` that keeps every order it was sent and notes, at each fill, the bar and the
     cash and position after it (backtrader's own ``orders`` list skips orders when
-    ``checksubmit`` is off). ``ExitBroker`` adds the exits' gap rule (``engine.exits``)."""
+    ``checksubmit`` is off). ``ExitBroker`` adds the exits' gap rule and quiet-bar fast path
+    (``engine.exits``)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,8 +1,9 @@
 """Protective exits (stop-loss, take-profit, trailing stop) on backtrader's native orders.
 
 The conventions are in docs/trading-model.md ("Exits"); ``atlas_pipeline_tests/test_exits.py``
-pins them against an independent numpy loop. Nothing here runs unless a backtest has exits: the
-engine then uses ``ExitBroker`` and wraps the strategy with ``with_exits``.
+pins them against an independent numpy loop. The engine's broker always mixes in
+``ExitBroker`` and the strategy is always wrapped by ``with_exits`` (so strategy code can set
+``self.exits``); without exits neither adds an order or per-bar work.
 
 How it maps onto backtrader: once a strategy order leaves a position open, the position gets one
 OCO group (sized to the whole position, created through the broker directly so no user hook,
@@ -10,7 +11,8 @@ sizer or trade-from rule touches it): a ``Stop`` (stop-loss), or a ``StopTrail``
 its starting level tightened to the stop-loss level when both are set), then a ``Limit``
 (take-profit). The broker checks pending orders in submission order, so the stop is tried
 before the target: the stop wins a bar where both lie inside the range. ``ExitBroker`` adds the
-one exception backtrader lacks: a target the bar *opened* through fills at the open, first.
+one exception backtrader lacks: a target the bar *opened* through fills at the open, first; and
+a fast path for the bars that reach no exit.
 """
 
 from __future__ import annotations
@@ -90,8 +92,7 @@ def _gapped_through(order: bt.Order, open_: float) -> bool:
 class ExitBroker:
     """Broker mixin: a stop yields for one bar to its take-profit when the bar opened through the
     take-profit (the open is the bar's first price, so that fill came first). The stop stays in the
-    queue behind the target, whose fill cancels it (OCO). Mixed into the engine's broker only when
-    a backtest has exits; costs one dict lookup per order tried."""
+    queue behind the target, whose fill cancels it (OCO). Costs one dict lookup per order tried."""
 
     def __init__(self) -> None:
         super().__init__()
