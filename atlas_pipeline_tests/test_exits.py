@@ -8,14 +8,12 @@ trade and the final equity must agree to 1e-9 (relative).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from atlas_pipeline.config.errors import ConfigError
 from atlas_pipeline.research.engine import BacktestSpec, Exits, run_backtest
