@@ -450,3 +450,32 @@ def test_the_shipped_config_has_a_backtest_with_exits():
     backtests = load_backtests_config(load_exchanges_config()).backtests.values()
     assert any(b.exits.exits() for b in backtests)
     assert any(name.startswith("exits.") for b in backtests for name in (b.grid or {}))
+
+
+@needs_shared_candles
+def test_a_walk_forward_grids_over_exit_values(eth_btc):
+    """Each window's winner names its exit value, and its out-of-sample segment is that exit's
+    backtest (warmed up on the train window, trading from the test start)."""
+    import json
+
+    from atlas_pipeline.research.engine.exits import with_params
+    from atlas_pipeline.research.sweep import Objective, SweepFilters, expand_grid
+    from atlas_pipeline.research.walkforward import WalkForwardPlan, run_walk_forward
+
+    candles = eth_btc.iloc[: 6 * 288]
+    spec = BacktestSpec("sma_crossover", {"fast": 10, "slow": 30}, exits=Exits(take_profit=0.02))
+    grid = expand_grid({"exits.stop_loss": [0.003, 0.02], "exits.trailing_stop": [0.004, 0.05]})
+    with BacktestPool(candles, spec, "5m", workers=1) as pool:
+        result = run_walk_forward(pool, grid, Objective("total_return"), SweepFilters(), WalkForwardPlan(3, 1))
+    winners = result.windows.dropna(subset=["params"])
+    assert len(winners) >= 2
+    ms = candles["timestamp"]
+    for row in winners.itertuples():
+        params = json.loads(row.params)
+        assert set(params) == {"exits.stop_loss", "exits.trailing_stop"}
+        window = candles[(ms >= row.train_start.value // 10**6) & (ms < row.test_end.value // 10**6)]
+        rerun = run_backtest(window.reset_index(drop=True), with_params(spec, params), "5m",
+                             trade_from_ms=row.test_start.value // 10**6)
+        assert rerun.parameters["exits"] == {"take_profit": 0.02, **{k.removeprefix("exits."): v for k, v in params.items()}}
+        pd.testing.assert_frame_equal(result.segments[row.index].trades, rerun.trades, check_exact=True)
+    assert any((result.segments[r.index].trades["exit_reason"] != "signal").any() for r in winners.itertuples())
