@@ -7,7 +7,6 @@ materialized in the UI leave the same files behind.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -24,6 +23,7 @@ from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.research import engine, walkforward
 from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
 from atlas_pipeline.research.engine import BacktestSpec
+from atlas_pipeline.research.engine.exits import split_params, with_params
 from atlas_pipeline.research.lookahead import LookaheadReport
 from atlas_pipeline.research.metrics import compute_metrics
 from atlas_pipeline.research.result_store import ResultStore
@@ -47,6 +47,7 @@ def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
         fraction=settings.sizing.fraction,
         commission=settings.taker_fee(),
         slippage=settings.slippage,
+        exits=settings.exits.exits(),
     )
 
 
@@ -75,7 +76,7 @@ def check_grid(settings: BacktestSettings, strategies_dir: Path | None) -> None:
     candidates = settings.candidates()
     if candidates:
         cls = load_strategy(settings.strategy, strategies_dir)
-        validate_params(settings.strategy, cls, {**settings.params, **candidates[0]})
+        validate_params(settings.strategy, cls, {**settings.params, **split_params(candidates[0])[0]})
 
 
 @dataclass
@@ -126,7 +127,7 @@ def run_backtest(
                     f"sweep of {settings.name} {symbol}: none of {len(sweep.table)} candidates passed the filters "
                     f"({_rejections(sweep.table)}); the table is in {results.url(results.folder(settings.name, symbol))}/sweep.parquet"
                 )
-            spec = dataclasses.replace(spec, params={**spec.params, **sweep.chosen})
+            spec = with_params(spec, sweep.chosen)
         single = pool.backtest(spec.params, lookahead=True)
     assert single.lookahead is not None
     saving = time.perf_counter()

@@ -4,7 +4,8 @@ Rules:
 
 - **Grid.** ``expand_grid`` is the cartesian product in the mapping's key order (first key
   slowest); candidates are numbered 0..n-1 in that order, and every table keeps it.
-- **Jobs.** A job is the pool's spec with the candidate's params merged over ``spec.params``, run
+- **Jobs.** A job is the pool's spec with the candidate's params merged over ``spec.params``
+  (and its ``exits.<key>`` values over ``spec.exits``: ``engine.exits.with_params``), run
   by ``engine.run_backtest`` on the candles whose open time is in ``[start_ms, end_ms)`` (with
   the job's ``trade_from_ms``, if any: earlier candles only warm up), then
   ``metrics.compute_metrics``. A candidate the strategy refuses (``StrategyError`` or
@@ -57,6 +58,7 @@ import pandas as pd
 
 from atlas_pipeline.config.paths import strategies_dir as default_strategies_dir
 from atlas_pipeline.research.engine import BacktestSpec, StrategyError, run_backtest
+from atlas_pipeline.research.engine.exits import with_params
 from atlas_pipeline.research.lookahead import LookaheadReport, check_lookahead
 from atlas_pipeline.research.metrics import METRIC_DESCRIPTIONS, compute_metrics
 from atlas_pipeline.research.results import BacktestResult
@@ -191,7 +193,7 @@ def _init_worker(candles: pd.DataFrame, spec: BacktestSpec, timeframe: str, stra
 def _run_job(context: _Context, job: BacktestJob, keep: bool) -> JobOutcome:
     lo = 0 if job.start_ms is None else int(np.searchsorted(context.stamps, job.start_ms, side="left"))
     hi = len(context.stamps) if job.end_ms is None else int(np.searchsorted(context.stamps, job.end_ms, side="left"))
-    spec = dataclasses.replace(context.spec, params={**context.spec.params, **job.params})
+    spec = with_params(context.spec, job.params)
     try:
         result = run_backtest(context.candles.iloc[lo:hi], spec, context.timeframe, context.strategies_dir,
                               trade_from_ms=job.trade_from_ms)
@@ -207,7 +209,7 @@ def _worker_job(job: BacktestJob, keep: bool) -> JobOutcome:
 
 
 def _single(context: _Context, params: dict[str, Any], lookahead: bool) -> SingleBacktest:
-    spec = dataclasses.replace(context.spec, params={**context.spec.params, **params})
+    spec = with_params(context.spec, params)
     began = time.perf_counter()
     result = run_backtest(context.candles, spec, context.timeframe, context.strategies_dir)
     ran = time.perf_counter()
