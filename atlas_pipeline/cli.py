@@ -372,4 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m atlas_pipeline.cli`: run the package module's main, so the command modules, which
+    # import UsageError and CommandFailed from atlas_pipeline.cli, raise the classes main catches.
+    from atlas_pipeline.cli import main as package_main
+
+    sys.exit(package_main())

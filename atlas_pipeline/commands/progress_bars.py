@@ -22,7 +22,8 @@ class _RateColumn(ProgressColumn):
     """Units per second, e.g. ``41.2 days/s``."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        # rich's own estimate, else the average so far (work reported in one burst has no estimate)
+        speed = task.finished_speed or task.speed or (task.completed / task.elapsed if task.elapsed else None)
         return Text(f"{speed:,.1f} {task.fields.get('unit', '')}/s" if speed else "", style="progress.data.speed")
 
 
@@ -44,6 +45,7 @@ def progress_bars(force: bool | None = None) -> Iterator[Progress | None]:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,  # stderr written meanwhile (Dagster's log lines) prints above the bars
+        redirect_stdout=False,  # results stay on stdout, for pipes
     )
     tasks: dict[str, tuple[TaskID, float, float]] = {}  # label -> (task, done, total)
 
