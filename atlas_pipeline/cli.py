@@ -156,13 +156,15 @@ def _few(values: list[str], limit: int = 10) -> str:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     """Check every candle file; with --repair quarantine bad ones and refetch their days."""
+    from atlas_pipeline.commands.progress_bars import progress_bars
     from atlas_pipeline.market_data.store import CandleStore, CorruptStoreFile
     from atlas_pipeline.store_repair import verify_store
 
     try:
-        failure = verify_store(
-            CandleStore(), args.exchange, args.symbol, args.timeframe, repair=args.repair, instance=dagster_instance
-        )
+        with progress_bars():  # a repair refetches through the OHLCV asset
+            failure = verify_store(
+                CandleStore(), args.exchange, args.symbol, args.timeframe, repair=args.repair, instance=dagster_instance
+            )
     except CorruptStoreFile as error:
         raise CommandFailed(str(error)) from None
     except ValueError as error:
@@ -263,9 +265,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from atlas_pipeline.commands.progress_bars import progress_bars
     from atlas_pipeline.demo import run_demo
 
-    run_demo(days=args.days)
+    with progress_bars():
+        run_demo(days=args.days)
 
 
 def ui_command(port: int | None = None, host: str | None = None) -> list[str]:
