@@ -114,7 +114,8 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         f"Dagster instance {os.environ['DAGSTER_HOME']}",
         file=sys.stderr,
     )
-    with progress_bars(), FetchSummary(args.exchange, symbols, timeframes, start, end) as summary:
+    summary = FetchSummary(args.exchange, symbols, timeframes, start, end)
+    with progress_bars():
         runs = materialize_ohlcv_range(
             build_definitions(),
             instance,

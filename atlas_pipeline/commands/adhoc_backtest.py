@@ -154,7 +154,7 @@ def run_adhoc(args: argparse.Namespace) -> None:
         save_adhoc_backtest(path, name, entry)
         print(f"atlas backtest: ad-hoc {name} ({entry['strategy']} {entry['params']}) in {path}", file=sys.stderr)
         try:
-            cmd_backtest(argparse.Namespace(name=name, symbol=symbols))
+            cmd_backtest(argparse.Namespace(**{**vars(args), "name": name, "symbol": symbols}))  # as `atlas backtest <name>`
         except CommandFailed as error:
             if len(entries) == 1:
                 raise

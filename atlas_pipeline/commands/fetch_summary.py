@@ -15,13 +15,13 @@ from atlas_pipeline.market_data.store import CandleStore
 
 
 class FetchSummary:
-    """Context manager around a fetch: counts the range's stored candles on entry and in ``line``."""
+    """Made before a fetch (counts the range's stored candles); ``line`` after it counts again."""
 
     def __init__(self, exchange: str, symbols: Sequence[str], timeframes: Sequence[str], start: dt.date, end: dt.date) -> None:
         self.exchange, self.symbols, self.timeframes, self.start, self.end = exchange, symbols, timeframes, start, end
         self.store = CandleStore()
-        self.before = (0, 0)
-        self.began = 0.0
+        self.before = self._counts()
+        self.began = time.perf_counter()
 
     def _counts(self) -> tuple[int, int]:
         """(candles, missing days: days in the range not stored) over every market and timeframe."""
@@ -33,14 +33,6 @@ class FetchSummary:
                 candles += int(coverage["rows"].sum())
                 unstored += days - len(coverage)
         return candles, unstored
-
-    def __enter__(self) -> FetchSummary:
-        self.before = self._counts()
-        self.began = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
     def line(self, runs: Sequence[LaunchedRun]) -> str:
         candles, unstored = self._counts()
