@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from store_read import END, START, synthetic_candles  # bench/ beside this script
+from store_read import END, START, _best_of, synthetic_candles  # bench/ beside this script
 
 from atlas_pipeline import CandleStore
 from atlas_pipeline.market_data.candles import split_by_day
@@ -39,22 +39,13 @@ def build(store: CandleStore, markets: int) -> float:
     return time.perf_counter() - began
 
 
-def best_of(runs: int, work) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(runs):
-        began = time.perf_counter()
-        result = work()
-        best = min(best, time.perf_counter() - began)
-    return best, result
-
-
 def main() -> None:
     markets = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     root = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(tempfile.mkdtemp(prefix="atlas-inventory-"))
     store = CandleStore(root)
     wrote = build(store, markets)
     print(f"store: {markets} markets x {START}..{END} {TIMEFRAME} under {root} (written in {wrote:.1f} s)")
-    listed, table = best_of(3, lambda: inventory(store, EXCHANGE))
+    listed, table = _best_of(lambda: inventory(store, EXCHANGE))
     assert len(table) == markets and int(table["missing_candles"].sum()) == 0
     print(f"inventory (atlas data): {listed:.2f} s for {len(table)} series, {listed / len(table) * 1000:.2f} ms per series, "
           f"{int(table['candles'].sum()):,} candles listed")

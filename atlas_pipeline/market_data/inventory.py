@@ -1,18 +1,18 @@
 """What the candle store holds, one row per series: span, days, gaps, missing candles.
 
-Built from ``CandleStore.coverage`` (Parquet footers only: the bookkeeping of every stored day),
-never from the candles themselves, so listing a store of 500 markets x 9 years costs footer reads,
-not candle reads (``bench/inventory.py``).
+Built from ``CandleStore.iter_coverage`` (``coverage`` without the frame: the bookkeeping of every
+stored day, from Parquet footers only), never from the candles: the cost follows stored days, not
+candles (``bench/inventory.py``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 
-import numpy as np
 import pandas as pd
 
-from atlas_pipeline.market_data.candles import DAY_MS, candles_per_day, symbol_key, timeframe_ms
+from atlas_pipeline.market_data.candles import candles_per_day, day_of_ms, day_start_ms, symbol_key, timeframe_ms
 from atlas_pipeline.market_data.store import CandleStore, SeriesKey
 
 INVENTORY_COLUMNS = (
@@ -24,8 +24,6 @@ the day of the market's first candle on; missing_candles: slots of complete days
 with no candle (exchange outages); incomplete_days: days stored before they closed (today, or a
 fetch cut short); unstored_days: days between the first and the last stored day that are not stored
 at all (a hole a fetch has not filled)."""
-
-_EPOCH_ORDINAL = 719_163  # datetime.date(1970, 1, 1).toordinal()
 
 
 def inventory(
@@ -50,37 +48,38 @@ def inventory(
 
 
 def series_summary(store: CandleStore, key: SeriesKey) -> dict[str, object]:
-    """The inventory row of one series, from its coverage (and its cached first candle)."""
-    coverage = store.coverage(*key)
-    days = np.array([(d.toordinal() - _EPOCH_ORDINAL) for d in coverage["day"]], dtype=np.int64)  # days since 1970-01-01
-    rows = coverage["rows"].to_numpy(dtype=np.int64)
-    complete = coverage["complete"].to_numpy(dtype=bool)
-    firsts = coverage["first_timestamp"].dropna()
-    lasts = coverage["last_timestamp"].dropna()
-    first_stored = int(firsts.min()) if len(firsts) else None
+    """The inventory row of one series, from its footers (``iter_coverage``) and cached first candle."""
+    entries = list(store.iter_coverage(*key))
+    first_stored = next((first for _, _, first, _, _ in entries if first is not None), None)
+    last_stored = next((last for _, _, _, last, _ in reversed(entries) if last is not None), None)
     listed = store.first_candle(*key)
     if listed is None or (first_stored is not None and first_stored < listed):
         listed = first_stored
     row: dict[str, object] = {
         "exchange": key.exchange, "market": key.symbol, "timeframe": key.timeframe,
-        "first_candle": _stamp(first_stored), "last_candle": _stamp(int(lasts.max()) if len(lasts) else None),
-        "days": 0, "candles": int(rows.sum()), "missing_candles": 0,
-        "incomplete_days": int((~complete).sum()), "unstored_days": 0,
+        "first_candle": _stamp(first_stored), "last_candle": _stamp(last_stored),
+        "days": 0, "candles": sum(entry[1] for entry in entries), "missing_candles": 0,
+        "incomplete_days": sum(not entry[4] for entry in entries), "unstored_days": 0,
     }
     if listed is None:  # only empty days: nothing listed yet in the stored range
         return row
-    listing_day = listed // DAY_MS
-    after = days >= listing_day
-    tf_ms = timeframe_ms(key.timeframe)
-    expected = np.full(len(days), candles_per_day(key.timeframe), dtype=np.int64)
-    before_listing = listed - listing_day * DAY_MS  # ms of the listing day before the first candle
-    expected[days == listing_day] -= -(-before_listing // tf_ms)
-    counted = after & complete
-    row["days"] = int(after.sum())
-    row["missing_candles"] = int(np.clip(expected[counted] - rows[counted], 0, None).sum())
-    if after.any():
-        span = days[after]
-        row["unstored_days"] = int(span.max() - span.min() + 1 - len(span))
+    listing_day = day_of_ms(listed)
+    listing_iso = listing_day.isoformat()  # ISO days compare as strings
+    per_day = candles_per_day(key.timeframe)
+    listing_day_expects = per_day - -(-(listed - day_start_ms(listing_day)) // timeframe_ms(key.timeframe))
+    days = missing = 0
+    span_first = span_last = None
+    for iso, rows, _, _, complete in entries:
+        if iso < listing_iso:
+            continue
+        days += 1
+        span_first, span_last = span_first or iso, iso
+        if complete:
+            missing += max(0, (listing_day_expects if iso == listing_iso else per_day) - rows)
+    row.update(days=days, missing_candles=missing)
+    if days:
+        span = (dt.date.fromisoformat(span_last) - dt.date.fromisoformat(span_first)).days + 1
+        row["unstored_days"] = span - days
     return row
 
 
