@@ -203,15 +203,17 @@ def test_adhoc_backtests_run_through_dagster_and_compare(fetched) -> None:
     # materialized in the CLI's instance, as assets of the definitions with lineage to the candles
     with _environment(env):
         from atlas_pipeline.defs.definitions import build_definitions
+        from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
+        from atlas_pipeline.defs.research.assets import LEADERBOARD_KEY, backtest_asset_key, metrics_asset_key
 
         defs = build_definitions()
         graph = defs.resolve_asset_graph()
         instance = dg.DagsterInstance.from_config(str(tmp / "home" / "dagster_home"))
         for name in names:
-            assert graph.get(dg.AssetKey(["backtest", name])).parent_keys == {dg.AssetKey(["ohlcv", "binance", "5m"])}
-            event = instance.get_latest_materialization_event(dg.AssetKey(["metrics", name]))
+            assert graph.get(backtest_asset_key(name)).parent_keys == {ohlcv_asset_key("binance", "5m")}
+            event = instance.get_latest_materialization_event(metrics_asset_key(name))
             assert event is not None and event.dagster_event.partition == "ETH-BTC"
-        assert dg.AssetKey(["metrics", names[0]]) in graph.get(dg.AssetKey("leaderboard")).parent_keys
+        assert metrics_asset_key(names[0]) in graph.get(LEADERBOARD_KEY).parent_keys
         instance.dispose()
 
     # the comparison table: one row per strategy, best Sharpe first, values as stored
