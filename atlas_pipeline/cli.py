@@ -23,13 +23,6 @@ class CommandFailed(Exception):
     """A run or a request failed: exit code 1."""
 
 
-def _date(value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a date like 2018-01-31") from None
-
-
 CLI_DAGSTER_YAML_V1 = (
     "# Dagster instance created by the atlas CLI: SQLite storage in this folder.\n"
     "# Production storage (PostgreSQL) and run launchers: see README.md.\n"
@@ -80,6 +73,9 @@ def dagster_instance():
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
+    from atlas_pipeline.commands.fetch_summary import FetchSummary
+    from atlas_pipeline.commands.progress_bars import progress_bars
+    from atlas_pipeline.commands.timerange import chosen_range
     from atlas_pipeline.config import load_exchanges_config
     from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
     from atlas_pipeline.defs.definitions import build_definitions
@@ -102,8 +98,12 @@ def cmd_fetch(args: argparse.Namespace) -> None:
             f"{args.exchange} selects its markets by universe rules and none are known yet: "
             f"materialize exchange_metadata/{args.exchange} first (Dagster UI, or `atlas ui`)"
         )
-    start = args.start or settings.history_start
-    end = args.end or dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+    try:
+        window = chosen_range(args)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    start = window.start or settings.history_start
+    end = window.end or dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
     if start < settings.history_start:
         raise UsageError(f"--start {start} is before {args.exchange}'s history_start {settings.history_start}")
     if end <= start:
@@ -114,21 +114,24 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         f"Dagster instance {os.environ['DAGSTER_HOME']}",
         file=sys.stderr,
     )
-    runs = materialize_ohlcv_range(
-        build_definitions(),
-        instance,
-        args.exchange,
-        timeframes,
-        symbols,
-        start,
-        end,
-        full_refresh=args.full_refresh,
-        only_needed=True,
-        say=lambda line: print(line, file=sys.stderr),
-    )
+    summary = FetchSummary(args.exchange, symbols, timeframes, start, end)
+    with progress_bars():
+        runs = materialize_ohlcv_range(
+            build_definitions(),
+            instance,
+            args.exchange,
+            timeframes,
+            symbols,
+            start,
+            end,
+            full_refresh=args.full_refresh,
+            only_needed=True,
+            say=lambda line: print(line, file=sys.stderr),
+        )
     for run in runs:
         status = "ok" if run.success else "FAILED"
         print(f"{run.label}: run {run.result.run_id} {status}", file=sys.stderr)
+    print(summary.line(runs), file=sys.stderr)
     failed = [run for run in runs if not run.success]
     if failed:
         raise CommandFailed(f"{failed[0].label}: {failed[0].failure_reason()}")
@@ -154,13 +157,15 @@ def _few(values: list[str], limit: int = 10) -> str:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     """Check every candle file; with --repair quarantine bad ones and refetch their days."""
+    from atlas_pipeline.commands.progress_bars import progress_bars
     from atlas_pipeline.market_data.store import CandleStore, CorruptStoreFile
     from atlas_pipeline.store_repair import verify_store
 
     try:
-        failure = verify_store(
-            CandleStore(), args.exchange, args.symbol, args.timeframe, repair=args.repair, instance=dagster_instance
-        )
+        with progress_bars():  # a repair refetches through the OHLCV asset
+            failure = verify_store(
+                CandleStore(), args.exchange, args.symbol, args.timeframe, repair=args.repair, instance=dagster_instance
+            )
     except CorruptStoreFile as error:
         raise CommandFailed(str(error)) from None
     except ValueError as error:
@@ -203,13 +208,9 @@ def cmd_emulator(args: argparse.Namespace) -> None:
 
 
 def _backtest_settings(name: str):
-    from atlas_pipeline.config import load_exchanges_config
-    from atlas_pipeline.config.backtests import load_backtests_config
+    from atlas_pipeline.commands.adhoc_backtest import find_backtest
 
-    try:
-        return load_backtests_config(load_exchanges_config()).get(name)
-    except KeyError as error:
-        raise UsageError(str(error).strip('"')) from None
+    return find_backtest(name)  # configured in config/backtests.yaml, or ad-hoc (atlas backtest --strategy)
 
 
 def cmd_backtest(args: argparse.Namespace) -> None:
@@ -265,9 +266,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from atlas_pipeline.commands.progress_bars import progress_bars
     from atlas_pipeline.demo import run_demo
 
-    run_demo(days=args.days)
+    with progress_bars():
+        run_demo(days=args.days)
 
 
 def ui_command(port: int | None = None, host: str | None = None) -> list[str]:
@@ -288,15 +291,21 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from atlas_pipeline.commands import adhoc_backtest, data, strategies
+    from atlas_pipeline.commands.timerange import add_range_arguments
+
     parser = argparse.ArgumentParser(prog="atlas", description="Atlas crypto research pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
 
     fetch = commands.add_parser("fetch", help="materialize OHLCV partitions through Dagster, in-process")
     fetch.add_argument("--exchange", required=True, help="exchange id from config/exchanges.yaml, e.g. binance")
-    fetch.add_argument("--symbol", action="append", help="market such as BTC/USDT (repeatable; default: all configured)")
-    fetch.add_argument("--timeframe", action="append", help="timeframe such as 1h (repeatable; default: all configured)")
-    fetch.add_argument("--start", type=_date, help="first day, UTC (default: the exchange's history_start)")
-    fetch.add_argument("--end", type=_date, help="day after the last, UTC (default: tomorrow, i.e. through today)")
+    fetch.add_argument("--symbol", action="extend", nargs="+", help="markets such as BTC/USDT ETH/USDT (repeatable; default: all configured)")
+    fetch.add_argument("--timeframe", action="extend", nargs="+", help="timeframes such as 1h 1d (repeatable; default: all configured)")
+    add_range_arguments(
+        fetch,
+        start_help="first day, UTC (default: the exchange's history_start)",
+        end_help="day after the last, UTC (default: tomorrow, i.e. through today)",
+    )
     fetch.add_argument("--full-refresh", action="store_true", help="refetch days already stored complete")
     fetch.set_defaults(handler=cmd_fetch)
 
@@ -317,10 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--fault", action="append", default=[], metavar="SPEC", help="e.g. rate_limit:times=3,retry_after=1")
     emulator.set_defaults(handler=cmd_emulator)
 
-    backtest = commands.add_parser("backtest", help="run a backtest from config/backtests.yaml and print its metrics")
-    backtest.add_argument("name", help="backtest name from config/backtests.yaml")
-    backtest.add_argument("--symbol", action="append", help="market (repeatable; default: all of the backtest's)")
-    backtest.set_defaults(handler=cmd_backtest)
+    backtest = commands.add_parser(
+        "backtest", help="run a backtest from config/backtests.yaml, or an ad-hoc one (--strategy ...), and print its metrics"
+    )
+    backtest.add_argument("name", nargs="?", help="backtest name from config/backtests.yaml (or give --strategy)")
+    backtest.add_argument("--symbol", action="extend", nargs="+", help="markets (repeatable; default: all of the backtest's)")
+    adhoc_backtest.add_arguments(backtest)
+    backtest.set_defaults(handler=adhoc_backtest.dispatch)
 
     report = commands.add_parser("report", help="write an HTML report of a backtest's stored results")
     report.add_argument("name", help="backtest name from config/backtests.yaml")
@@ -335,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, help="webserver port (default: dagster's, 3000)")
     ui.add_argument("--host", help="webserver host (default: dagster's, 127.0.0.1)")
     ui.set_defaults(handler=cmd_ui)
+
+    data.register(commands)
+    strategies.register(commands)
     return parser
 
 
@@ -362,4 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m atlas_pipeline.cli`: run the package module's main, so the command modules, which
+    # import UsageError and CommandFailed from atlas_pipeline.cli, raise the classes main catches.
+    from atlas_pipeline.cli import main as package_main
+
+    sys.exit(package_main())

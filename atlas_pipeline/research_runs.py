@@ -117,7 +117,7 @@ def run_backtest(
     if settings.grid is not None:
         check_grid(settings, strategies_dir)
     workers = sweep_workers() if settings.grid is not None else 1
-    with BacktestPool(candles, spec, settings.timeframe, strategies_dir, workers, isolate=True) as pool:
+    with BacktestPool(candles, spec, settings.timeframe, strategies_dir, workers, isolate=True, label=f"{settings.name} {symbol}") as pool:
         if settings.grid is not None:
             sweep = run_sweep(pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), progress=log)
             results.save_sweep(settings.name, symbol, sweep.table)
@@ -166,7 +166,9 @@ def run_walk_forward(
     candles = stored_candles(settings, symbol, store)
     check_grid(settings, strategies_dir)
     spec = backtest_spec(settings)
-    with BacktestPool(candles, spec, settings.timeframe, strategies_dir, sweep_workers(), isolate=True) as pool:
+    with BacktestPool(
+        candles, spec, settings.timeframe, strategies_dir, sweep_workers(), isolate=True, label=f"walk-forward {settings.name} {symbol}"
+    ) as pool:
         result = walkforward.run_walk_forward(
             pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), plan, progress=log
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from atlas_pipeline.config import load_exchanges_config
+from atlas_pipeline.config.adhoc import adhoc_backtests_file, load_adhoc_backtests
 from atlas_pipeline.config.backtests import load_backtests_config
 from atlas_pipeline.config.paths import config_dir as default_config_dir
 from atlas_pipeline.defs.exchange_metadata import build_exchange_metadata_assets, build_exchange_metadata_schedule
@@ -20,9 +21,16 @@ from atlas_pipeline.market_data.exchange_metadata import metadata_path
 
 
 def build_definitions(config_dir: Path | str | None = None, store_root: str | None = None) -> dg.Definitions:
-    """Assets, jobs and schedules for the config in ``config_dir`` (default: ``ATLAS_CONFIG``)."""
+    """Assets, jobs and schedules for the config in ``config_dir`` (default: ``ATLAS_CONFIG``).
+
+    Backtests: the configured ones and the ad-hoc ones of the data root (``config.adhoc``); only
+    configured ones are rerun automatically when their candles change.
+    """
     exchanges = load_exchanges_config(config_dir)
     backtests = load_backtests_config(exchanges, config_dir)
+    resource = CandleStoreResource(root=store_root)
+    adhoc = load_adhoc_backtests(adhoc_backtests_file(resource.get_store().root), exchanges, set(backtests.backtests))
+    every_backtest = [*backtests.backtests.values(), *adhoc.values()]
     metadata_file = metadata_path(config_dir or default_config_dir())
     assets: list[dg.AssetsDefinition] = []
     jobs: list[dg.UnresolvedAssetJobDefinition] = []
@@ -32,14 +40,14 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         job = ohlcv_job(settings)
         jobs.append(job)
         schedules.extend(ohlcv_schedules(settings, job))
-    for backtest in backtests.backtests.values():
+    for backtest in every_backtest:
         assets.extend(build_backtest_assets(backtest, exchanges.get(backtest.exchange)))
         if backtest.walk_forward is not None:
             assets.append(build_walkforward_asset(backtest, exchanges.get(backtest.exchange)))
     assets.extend(build_exchange_metadata_assets(list(exchanges.exchanges.values()), metadata_file))
     schedules.extend(build_exchange_metadata_schedule(settings) for settings in exchanges.exchanges.values())
-    if backtests.backtests:
-        assets.append(build_leaderboard_asset(list(backtests.backtests.values())))
+    if every_backtest:
+        assets.append(build_leaderboard_asset(every_backtest))
     return dg.Definitions(
         assets=assets,
         jobs=jobs,
@@ -48,5 +56,5 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
             dead_runs_sensor(),
             *([research_automation_sensor(backtests.backtests.values(), exchanges.exchanges)] if backtests.backtests else []),
         ],
-        resources={"candle_store": CandleStoreResource(root=store_root)},
+        resources={"candle_store": resource},
     )

@@ -189,13 +189,16 @@ class ExchangeClient:
         except PagingError as error:
             raise ExchangeRequestError(f"{self.connection.exchange_id} {symbol} {timeframe}: {error}") from error
 
-    def fetch_range(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> FetchResult:
+    def fetch_range(
+        self, symbol: str, timeframe: str, start_ms: int, end_ms: int, on_page: Callable[[int], None] | None = None
+    ) -> FetchResult:
         """Closed candles with open time in ``[start_ms, end_ms)``, sorted and de-duplicated.
 
         Pages until the exchange answers an empty page (nothing left in the range) or a page
         reaches ``end_ms``, so the result is the exchange's whole answer for the range: a day of the
         range without candles really had none. The still-open candle (open time + timeframe beyond
         the exchange's clock) is dropped, so a stored day never holds a candle that will still change.
+        ``on_page(newest_ms)``: called after every page with the newest open time fetched so far.
         """
         self.check_market(symbol)
         tf_ms = timeframe_ms(timeframe)
@@ -214,6 +217,8 @@ class ExchangeClient:
                 fetched += len(rows)
                 stamps = [int(row[0]) for row in rows]
                 low, high = min(low, *stamps), max(high, *stamps)
+                if on_page is not None:
+                    on_page(high)
                 if len(pages) % 25 == 0:
                     self.log.info(
                         f"{self.connection.exchange_id} {symbol} {timeframe}: {self._counters.requests - before.requests} "

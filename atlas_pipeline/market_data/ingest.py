@@ -25,12 +25,13 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import ccxt
 import pandas as pd
 
+from atlas_pipeline import progress
 from atlas_pipeline.market_data.candles import (
     DAY_MS,
     candles_per_day,
@@ -181,15 +182,22 @@ def ingest_days(
 
     chunks = _chunks(wanted, timeframe)
     began = time.monotonic()
+    label = f"{exchange} {symbol} {timeframe}"
     for number, chunk in enumerate(chunks, 1):
+        done_before = len(report.days)
+
+        def on_progress(days_done: float, done_before: int = done_before) -> None:
+            progress.report(label, done_before + days_done, len(wanted), "days")
+
         try:
-            _ingest_chunk(client, store, symbol, timeframe, chunk, report, first, closed_before, full_refresh, log)
+            _ingest_chunk(client, store, symbol, timeframe, chunk, report, first, closed_before, full_refresh, log, on_progress)
         except ExchangeRequestError as error:
             _request_failed(client, report, chunk[0], error, requests_before, retries_before, log)
         if not report.passed:
             report.failed_from = chunk[0]
             log.warning(report.failure_summary())
             break
+        progress.report(label, len(report.days), len(wanted), "days")
         if len(chunks) > 1:
             done = len(report.days) / len(wanted)
             elapsed = time.monotonic() - began
@@ -268,8 +276,10 @@ def _ingest_chunk(
     closed_before: int,
     full_refresh: bool,
     log: Logger,
+    on_progress: Callable[[float], None] | None = None,
 ) -> None:
     """Plan, fetch, merge, validate and write one chunk; adds its days and checks to ``report``.
+    ``on_progress(days)``: how many of the chunk's days are fetched so far, after every page.
 
     Days of a corrupt file in the chunk that lie outside it are fetched and written too (not
     reported: they are not this run's partitions), so quarantining the file loses none of them."""
@@ -298,8 +308,16 @@ def _ingest_chunk(
 
     started = time.perf_counter()
     fetches = _group(to_fetch, closed_before)
+    position = {day: i for i, day in enumerate(wanted)}
     for number, fetch in enumerate(fetches, 1):
-        result = client.fetch_range(symbol, timeframe, fetch.start_ms, fetch.end_ms)
+        page_seen = None
+        if on_progress is not None:
+            offset, fetch_start = position[fetch.days[0]], fetch.start_ms
+
+            def page_seen(newest_ms: int, offset: int = offset, fetch_start: int = fetch_start) -> None:
+                on_progress(offset + max(0, newest_ms + tf_ms - fetch_start) / DAY_MS)
+
+        result = client.fetch_range(symbol, timeframe, fetch.start_ms, fetch.end_ms, on_page=page_seen)
         by_day = split_by_day(result.candles)
         for day in fetch.days:
             frames[day] = by_day.get(day, empty_candles())

@@ -562,13 +562,23 @@ def _bookkeeping(
         checksum = meta.get("checksum")
         if not (isinstance(checksum, str) and re.fullmatch(r"[0-9a-f]{8}", checksum)):
             raise CorruptStoreFile(path, "bookkeeping has no checksum")
-        if not bytes_verified and meta.get("days_crc") != _crc_hex(_days_text(days)).decode():
+        if not bytes_verified and meta.get("days_crc") != _days_crc(raw, days):
             raise CorruptStoreFile(path, "bookkeeping does not match its days_crc")
         return days, True
     if version == 1 and "checksum" not in meta:
         _check_days(path, days, file)
         return days, False
     raise CorruptStoreFile(path, f"unknown bookkeeping (version {version!r})")
+
+
+def _days_crc(raw: bytes, days: Mapping[str, list]) -> str:
+    """The CRC of the days as written: of their stored text when it is where the writer puts it (the
+    bytes themselves, no re-encoding: ``coverage`` of 9 years of 1h, 9 files, 80 -> 60 ms), else of
+    the days encoded again."""
+    at = raw.find(b'"days":{')
+    if at > 0 and raw.endswith(b"}}"):
+        return _crc_hex(memoryview(raw)[at + 7 : -1]).decode()
+    return _crc_hex(_days_text(days)).decode()
 
 
 def _check_days(path: str, days: object, file: _File) -> None:
@@ -842,16 +852,41 @@ class CandleStore:
         NA for empty days), complete (bool). The bookkeeping is checked against its own CRC; the
         candle bytes are not read, so only ``read`` and ``verify`` catch a flip in them.
         """
-        statuses = self._statuses(exchange, symbol, timeframe, start, end)
+        entries = list(self.iter_coverage(exchange, symbol, timeframe, start, end))
+        isos, rows, firsts, lasts, complete = zip(*entries) if entries else ((), (), (), (), ())
         return pd.DataFrame(
             {
-                "day": pd.Series([s.day for s in statuses], dtype=object),
-                "rows": pd.Series([s.rows for s in statuses], dtype="int64"),
-                "first_timestamp": pd.Series([s.first_timestamp for s in statuses], dtype="Int64"),
-                "last_timestamp": pd.Series([s.last_timestamp for s in statuses], dtype="Int64"),
-                "complete": pd.Series([s.complete for s in statuses], dtype=bool),
+                "day": pd.Series([dt.date.fromisoformat(iso) for iso in isos], dtype=object),
+                "rows": pd.Series(rows, dtype="int64"),
+                "first_timestamp": pd.Series(firsts, dtype="Int64"),
+                "last_timestamp": pd.Series(lasts, dtype="Int64"),
+                "complete": pd.Series(complete, dtype=bool),
             }
         )
+
+    def iter_coverage(
+        self,
+        exchange: str,
+        symbol: str,
+        timeframe: str,
+        start: TimeLike | None = None,
+        end: TimeLike | None = None,
+    ) -> Iterator[tuple[str, int, int | None, int | None, bool]]:
+        """``coverage`` without the frame: ``(ISO day, rows, first, last, complete)`` per stored day,
+        in time order, as the footers hold them (checked the same way). For callers aggregating
+        over many series (``atlas data``): no per-day objects, so 9 years cost a few ms."""
+        folder = self._series_dir(exchange, symbol, timeframe)
+        lo, hi = _bounds(start, end)
+        for f in self._files(folder, timeframe, lo, hi):
+            book = self._footer_days(f"{folder}/{f.name}", f) or {}
+            if lo <= f.start and f.end <= hi:  # the whole file is inside the range
+                for iso, (rows, first, last, complete) in book.items():
+                    yield iso, rows, first, last, complete
+                continue
+            for iso, (rows, first, last, complete) in book.items():
+                day_ms = day_start_ms(dt.date.fromisoformat(iso))
+                if day_ms + DAY_MS > lo and day_ms < hi:
+                    yield iso, rows, first, last, complete
 
     def day_status(self, exchange: str, symbol: str, timeframe: str, day: TimeLike) -> DayStatus | None:
         """The bookkeeping of one day from its file's footer; None if the day was never stored."""
@@ -1081,16 +1116,9 @@ class CandleStore:
     def _statuses(
         self, exchange: str, symbol: str, timeframe: str, start: TimeLike | None, end: TimeLike | None
     ) -> list[DayStatus]:
-        folder = self._series_dir(exchange, symbol, timeframe)
-        lo, hi = _bounds(start, end)
-        statuses = []
-        for f in self._files(folder, timeframe, lo, hi):
-            for iso, (rows, first, last, complete) in (self._footer_days(f"{folder}/{f.name}", f) or {}).items():
-                day = dt.date.fromisoformat(iso)
-                day_ms = day_start_ms(day)
-                if day_ms + DAY_MS > lo and day_ms < hi:
-                    statuses.append(DayStatus(day, rows, first, last, complete))
-        return statuses
+        return [
+            DayStatus(dt.date.fromisoformat(iso), *rest) for iso, *rest in self.iter_coverage(exchange, symbol, timeframe, start, end)
+        ]
 
     def _series_info(self, folder: str) -> dict:
         return self._read_series_info(folder)[0]

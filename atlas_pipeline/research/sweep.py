@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 from atlas_pipeline.config.paths import strategies_dir as default_strategies_dir
+from atlas_pipeline.progress import report as report_progress
 from atlas_pipeline.research.engine import BacktestSpec, StrategyError, run_backtest
 from atlas_pipeline.research.engine.exits import with_params
 from atlas_pipeline.research.lookahead import LookaheadReport, check_lookahead
@@ -238,7 +239,10 @@ class BacktestPool:
         strategies_dir: Path | None = None,
         workers: int | None = None,
         isolate: bool = False,
+        label: str = "backtests",
     ) -> None:
+        self.label = label
+        """Names this pool's work in ``atlas_pipeline.progress`` reports (the CLI's progress bars)."""
         self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
         if self.workers < 1:
             raise ValueError(f"BacktestPool needs workers >= 1, got {workers}")
@@ -298,12 +302,18 @@ class BacktestPool:
         Unless the pool isolates, a single job runs in-process too: no worker could start it sooner.
         Raises ``StrategyCrashed`` when a worker dies."""
         total = len(jobs)
+        given = progress
+
+        def progress(done: int, total: int) -> None:
+            report_progress(self.label, done, total, "backtests")
+            if given:
+                given(done, total)
+
         if not self.isolate and (self.workers == 1 or total <= 1):
             serial = []
             for done, job in enumerate(jobs, 1):
                 serial.append(_run_job(self._context, job, keep_results))
-                if progress:
-                    progress(done, total)
+                progress(done, total)
             return serial
         # one future per job: a backtest costs far more than its IPC, and per-job futures balance
         # uneven jobs (short and long windows) across workers better than chunks
@@ -312,8 +322,7 @@ class BacktestPool:
         try:
             for done, future in enumerate(as_completed(futures), 1):
                 outcomes[futures[future]] = future.result()  # re-raises a worker's unexpected error
-                if progress:
-                    progress(done, total)
+                progress(done, total)
         except BrokenProcessPool:
             raise self._crashed() from None
         except BaseException:
