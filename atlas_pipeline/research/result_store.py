@@ -2,6 +2,7 @@
 
 - ``equity.parquet``: the equity curve with the close price of each bar (``EQUITY_COLUMNS`` + close)
 - ``trades.parquet``, ``orders.parquet``: closed trades and every order
+- ``funding.parquet``, ``liquidations.parquet``: perp backtests only (docs/trading-model.md)
 - ``result.json``: warm-up bars and the parameters the run used
 - ``metrics.json`` and ``charts/<name>.png``: written by the metrics step
 - ``sweep.parquet``: every candidate of a swept backtest, its metrics and why it was rejected
@@ -51,6 +52,9 @@ class ResultStore:
         self._write(f"{folder}/equity.parquet", _parquet(equity))
         self._write(f"{folder}/trades.parquet", _parquet(result.trades))
         self._write(f"{folder}/orders.parquet", _parquet(result.orders))
+        for part in _PERP_PARTS:  # perp backtests only (docs/trading-model.md)
+            if getattr(result, part) is not None:
+                self._write(f"{folder}/{part}.parquet", _parquet(getattr(result, part)))
         meta = {"symbol": symbol, "warmup_bars": result.warmup_bars, "parameters": result.parameters}
         self._write(f"{folder}/result.json", json.dumps(meta, indent=2, default=str).encode())
         return folder
@@ -68,6 +72,11 @@ class ResultStore:
             close=equity["close"],
             warmup_bars=int(meta["warmup_bars"]),
             parameters=dict(meta.get("parameters", {})),
+            **{
+                part: self._read(f"{folder}/{part}.parquet")
+                for part in _PERP_PARTS
+                if self.fs.exists(f"{folder}/{part}.parquet")
+            },
         )
 
     def save_metrics(self, name: str, symbol: str, metrics: Mapping[str, Any]) -> str:
@@ -126,6 +135,9 @@ class ResultStore:
     def _read(self, path: str) -> pd.DataFrame:
         with self.fs.open(path, "rb") as handle:
             return pd.read_parquet(handle)
+
+
+_PERP_PARTS = ("funding", "liquidations")
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:

@@ -42,7 +42,12 @@ class BacktestResult:
     parameters: dict[str, Any] = field(default_factory=dict)
     """What the run used: ``strategy`` (name), ``params`` (every strategy param, defaults filled
     in), ``timeframe``, and the costs ``cash``, ``fraction``, ``commission``, ``slippage``,
-    ``cushion`` (see ``research.engine``)."""
+    ``cushion`` (see ``research.engine``); a perp backtest adds ``market_type``, ``leverage``,
+    ``maintenance_margin``, ``liquidation_fee``."""
+    funding: pd.DataFrame | None = None
+    """Perp backtests: every funding event settled on a position (``perps.FUNDING_COLUMNS``)."""
+    liquidations: pd.DataFrame | None = None
+    """Perp backtests: every liquidation (``perps.LIQUIDATION_COLUMNS``); None on spot."""
 
     @property
     def bars(self) -> int:
