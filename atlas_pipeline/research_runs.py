@@ -19,10 +19,13 @@ from typing import Any
 import pandas as pd
 
 from atlas_pipeline.config.backtests import BacktestSettings
-from atlas_pipeline.market_data.store import CandleStore
+from atlas_pipeline.market_data.candles import timeframe_ms
+from atlas_pipeline.market_data.funding import funding_interval
+from atlas_pipeline.market_data.store import FUNDING_RATES, MARK_PRICE_CANDLES, CandleStore
 from atlas_pipeline.research import engine, walkforward
 from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
 from atlas_pipeline.research.engine import BacktestSpec
+from atlas_pipeline.research.engine.perps import PerpSpec, check_funding, perp_metrics
 from atlas_pipeline.research.lookahead import LookaheadReport
 from atlas_pipeline.research.metrics import compute_metrics
 from atlas_pipeline.research.report import ReportSection, write_html_report
@@ -48,6 +51,30 @@ def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
         commission=settings.taker_fee(),
         slippage=settings.slippage,
     )
+
+
+def market_spec(settings: BacktestSettings, symbol: str, store: CandleStore, candles: pd.DataFrame) -> BacktestSpec:
+    """``backtest_spec`` plus, for ``market_type: swap``, the market's stored mark prices and
+    funding history over the candles' span. Missing funding events raise ``MissingFundingError``
+    naming the ranges (never zero funding); mark candles are checked by the engine."""
+    spec = backtest_spec(settings)
+    if settings.market_type != "swap":
+        return spec
+    first, last = int(candles["timestamp"].iloc[0]), int(candles["timestamp"].iloc[-1])
+    interval = funding_interval(settings.exchange)
+    funding = CandleStore(store.root, FUNDING_RATES).read(settings.exchange, symbol, interval, first, last + 1)
+    where = f" of {settings.exchange} {symbol} (funding/{settings.exchange})"
+    check_funding(candles["timestamp"].to_numpy(), funding, timeframe_ms(interval), where)
+    mark = CandleStore(store.root, MARK_PRICE_CANDLES).read(settings.exchange, symbol, settings.timeframe, first, last + 1)
+    perp = PerpSpec(
+        mark=mark,
+        funding=funding,
+        leverage=settings.leverage,
+        maintenance_margin=settings.maintenance_margin,
+        liquidation_fee=settings.liquidation_fee,
+        funding_interval_ms=timeframe_ms(interval),
+    )
+    return dataclasses.replace(spec, perp=perp)
 
 
 def sweep_workers() -> int:
@@ -111,7 +138,7 @@ def run_backtest(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     candles = stored_candles(settings, symbol, store)
-    spec = backtest_spec(settings)
+    spec = market_spec(settings, symbol, store, candles)
     sweep = None
     if settings.grid is not None:
         check_grid(settings, strategies_dir)
@@ -164,7 +191,7 @@ def run_walk_forward(
     started = time.perf_counter()
     candles = stored_candles(settings, symbol, store)
     check_grid(settings, strategies_dir)
-    spec = backtest_spec(settings)
+    spec = market_spec(settings, symbol, store, candles)
     with BacktestPool(candles, spec, settings.timeframe, strategies_dir, sweep_workers(), isolate=True) as pool:
         result = walkforward.run_walk_forward(
             pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), plan, progress=log
@@ -190,6 +217,8 @@ def compute_backtest_metrics(settings: BacktestSettings, symbol: str, results: R
     started = time.perf_counter()
     result = results.load_result(settings.name, symbol)
     metrics = compute_metrics(result.equity, result.trades, result.close)
+    if result.funding is not None:  # a perp backtest (docs/trading-model.md)
+        metrics.update(perp_metrics(result.equity, result.close, result.funding, result.liquidations))
     computed = time.perf_counter()
     title = f"{settings.name} {symbol} {settings.timeframe}"
     charts = {

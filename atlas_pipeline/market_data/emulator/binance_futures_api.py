@@ -161,27 +161,25 @@ class BinanceFuturesApi:
         self.symbols = {market_id(s): s for s in self.underlying}
 
     def answer(self, endpoint: str, params: Mapping[str, Sequence[str]], now: int) -> tuple[int, Any]:
+        handlers = {
+            "fapiPing": lambda: {},
+            "fapiTime": lambda: {"serverTime": now},
+            "fapiExchangeInfo": lambda: self.exchange_info(now),
+            "fapiKlines": lambda: self.klines(params, now, mark=False),
+            "markPriceKlines": lambda: self.klines(params, now, mark=True),
+            "fundingRate": lambda: self.funding_history(params, now),
+            "premiumIndex": lambda: self.premium_index(params, now),
+        }
+        if endpoint not in handlers:
+            raise ValueError(f"not a Binance futures endpoint: {endpoint!r}")
         try:
-            if endpoint == "fapiPing":
-                return 200, {}
-            if endpoint == "fapiTime":
-                return 200, {"serverTime": now}
-            if endpoint == "fapiExchangeInfo":
-                return 200, self.exchange_info(now)
-            if endpoint in CANDLE_ENDPOINTS:
-                return 200, self.klines(params, now, mark=endpoint == "markPriceKlines")
-            if endpoint == "fundingRate":
-                return 200, self.funding_history(params, now)
-            if endpoint == "premiumIndex":
-                return 200, self.premium_index(params, now)
+            return 200, handlers[endpoint]()
         except ApiError as error:
             return error.status, error.body()
-        raise ValueError(f"not a Binance futures endpoint: {endpoint!r}")
 
     def candle_page(self, endpoint: str, params: Mapping[str, Sequence[str]], status: int, payload: Any):
-        if endpoint not in CANDLE_ENDPOINTS or status != 200:
-            return None
-        return payload, None, lambda rows: rows
+        """The rows of a successful candle answer, for data faults (as ``BinanceApi``'s)."""
+        return (payload, None, lambda rows: rows) if endpoint in CANDLE_ENDPOINTS and status == 200 else None
 
     def exchange_info(self, now: int) -> dict[str, Any]:
         return {
