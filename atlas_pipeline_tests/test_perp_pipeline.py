@@ -158,3 +158,14 @@ def test_funding_blocking_checks_catch_bad_events():
         "outside": ["inside_partition"],
         "wild": ["funding_schema"],
     }
+
+
+def test_the_daily_schedule_requests_yesterday_for_every_swap(pipeline):
+    defs = pipeline[0]
+    schedule = defs.get_schedule_def("perps_binance_daily")
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2018, 1, 15, 0, 20, tzinfo=dt.UTC))
+    requests = schedule.evaluate_tick(context).run_requests
+    assert sorted(r.asset_selection[0].to_user_string() for r in requests) == ["funding/binance", "markprice/binance/5m"]
+    for request in requests:
+        assert request.tags["dagster/asset_partition_range_start"] == f"2018-01-14|{KEY}"
+        assert request.tags["dagster/asset_partition_range_end"] == f"2018-01-14|{KEY}"
