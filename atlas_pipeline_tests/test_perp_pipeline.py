@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import urllib.request
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -21,6 +20,7 @@ from atlas_pipeline.defs.market_data.launch import partition_range_tags
 from atlas_pipeline.market_data.candles import day_start_ms
 from atlas_pipeline.market_data.emulator import build_emulator
 from atlas_pipeline.market_data.emulator.binance_futures_api import BASIS
+from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
 from atlas_pipeline.market_data.funding import validate_funding
 from atlas_pipeline.market_data.store import FUNDING_RATES, MARK_PRICE_CANDLES, CandleStore
 from atlas_pipeline.research.result_store import ResultStore
@@ -162,10 +162,34 @@ def test_funding_blocking_checks_catch_bad_events():
 
 def test_the_daily_schedule_requests_yesterday_for_every_swap(pipeline):
     defs = pipeline[0]
-    schedule = defs.get_schedule_def("perps_binance_daily")
+    schedule = defs.resolve_schedule_def("perps_binance_daily")
     context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2018, 1, 15, 0, 20, tzinfo=dt.UTC))
     requests = schedule.evaluate_tick(context).run_requests
     assert sorted(r.asset_selection[0].to_user_string() for r in requests) == ["funding/binance", "markprice/binance/5m"]
     for request in requests:
         assert request.tags["dagster/asset_partition_range_start"] == f"2018-01-14|{KEY}"
         assert request.tags["dagster/asset_partition_range_end"] == f"2018-01-14|{KEY}"
+
+
+def test_fault_switches_act_on_the_futures_endpoints(emulator):
+    """Short pages of mark prices, a 503 on futures klines and a maintenance page on funding:
+    every series still arrives whole, through ccxt's own error paths and Atlas's retries."""
+    emulator.set_faults([
+        "short_page:endpoint=markPriceKlines,rows=100",
+        "server_error:endpoint=fapiKlines,times=1",
+        "malformed:endpoint=fundingRate,times=1",
+    ])
+    try:
+        connection = ExchangeConnection("binance", api_url=emulator.base_url, swaps=True, min_request_interval_ms=0, max_retries=2)
+        client = ExchangeClient(connection, sleep=lambda seconds: None)
+        lo, hi = day_start_ms(START), day_start_ms(END)
+        mark = client.for_price("mark").fetch_range(SWAP, "5m", lo, hi)
+        assert len(mark.candles) == 3 * 288 and mark.requests >= 9  # pages of 100
+        trades = client.fetch_range(SWAP, "5m", lo, hi)
+        pd.testing.assert_frame_equal(trades.candles, between(shared_candles("binance_ETH-BTC_5m"), START, END))
+        assert trades.retries == 1
+        funding = client.fetch_funding(SWAP, lo, hi)
+        assert len(funding.candles) == 9 and funding.retries == 1
+        assert sorted(f["fired"] > 0 for f in emulator.faults) == [True, True, True]
+    finally:
+        emulator.clear_faults()

@@ -43,6 +43,8 @@ numpy implementation):
   trades only. Force-closing would invent a fill at a close price and a fee no order paid.
 - **Equity** of a bar is ``cash + position * close`` after that bar's fills, exactly the
   broker's value; it is rebuilt after the run from the fills instead of sampled every bar.
+- **Perpetual swaps** (``BacktestSpec.perp``): isolated margin, leverage, funding and
+  liquidation on the same fills, in ``perps.py``; rules in ``docs/trading-model.md``.
 
 Speed (``bench/backtest.py --variants``, 525,600 1m bars, SMA crossover, 2-core box): 35.2k
 bars/s, against 12.6k for a bare script with ``PandasData`` and ``bt.Cerebro()`` defaults (2.8x).

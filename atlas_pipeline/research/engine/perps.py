@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import backtrader as bt
 import numpy as np
@@ -31,6 +32,9 @@ import pandas as pd
 from atlas_pipeline.market_data.candles import ms_to_iso
 from atlas_pipeline.research.engine import RecordingBroker  # the package imports this module lazily
 from atlas_pipeline.research.strategy_base import FLAT, AtlasStrategy
+
+if TYPE_CHECKING:
+    from atlas_pipeline.research.engine import BacktestSpec
 
 FUNDING_COLUMNS = ("time", "settled_time", "position", "mark_price", "rate", "amount")
 """One row per funding event settled on a position: ``time`` the funding time, ``settled_time``
@@ -129,7 +133,7 @@ def mark_arrays(candles: pd.DataFrame, mark: pd.DataFrame) -> tuple[np.ndarray, 
             "materialize the markprice asset for this period"
         )
     rows = indexed.loc[stamps]
-    return tuple(rows[c].to_numpy(np.float64) for c in ("open", "high", "low"))  # type: ignore[return-value]
+    return rows["open"].to_numpy(np.float64), rows["high"].to_numpy(np.float64), rows["low"].to_numpy(np.float64)
 
 
 def funding_by_bar(stamps: np.ndarray, funding: pd.DataFrame) -> dict[int, list[tuple[int, float]]]:
@@ -281,24 +285,24 @@ class PerpBroker(RecordingBroker):
         )
 
 
-def configure(cerebro: bt.Cerebro, candles: pd.DataFrame, spec: object, where: str = "") -> PerpBroker:
+def configure(cerebro: bt.Cerebro, candles: pd.DataFrame, spec: BacktestSpec, where: str = "") -> PerpBroker:
     """The perp broker and sizer of a ``BacktestSpec`` with ``perp`` set, after checking that
     the funding history covers the candles (``MissingFundingError`` otherwise)."""
-    perp: PerpSpec = spec.perp  # type: ignore[attr-defined]
+    perp = spec.perp
+    assert perp is not None
     check_funding(candles["timestamp"].to_numpy(np.int64), perp.funding, perp.funding_interval_ms, where)
-    broker = PerpBroker(perp, candles, spec.commission)  # type: ignore[attr-defined]
-    broker.set_cash(spec.cash)  # type: ignore[attr-defined]
+    broker = PerpBroker(perp, candles, spec.commission)
+    broker.set_cash(spec.cash)
     broker.set_checksubmit(False)
-    slip = spec.slippage  # type: ignore[attr-defined]
-    broker.set_slippage_perc(slip, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
+    broker.set_slippage_perc(spec.slippage, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
     cerebro.broker = broker
     cerebro.addsizer(
         PerpSizer,
-        fraction=spec.fraction,  # type: ignore[attr-defined]
+        fraction=spec.fraction,
         leverage=perp.leverage,
-        commission=spec.commission,  # type: ignore[attr-defined]
-        slippage=slip,
-        cushion=spec.cushion,  # type: ignore[attr-defined]
+        commission=spec.commission,
+        slippage=spec.slippage,
+        cushion=spec.cushion,
     )
     return broker
 
