@@ -21,7 +21,7 @@ from atlas_pipeline.market_data.candles import day_start_ms
 from atlas_pipeline.market_data.emulator import build_emulator
 from atlas_pipeline.market_data.emulator.binance_futures_api import BASIS
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
-from atlas_pipeline.market_data.funding import validate_funding
+from atlas_pipeline.market_data.funding import missing_events, validate_funding
 from atlas_pipeline.market_data.store import FUNDING_RATES, MARK_PRICE_CANDLES, CandleStore
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline_tests.support import SHARED_CANDLES, between, needs_shared_candles, shared_candles
@@ -193,3 +193,12 @@ def test_fault_switches_act_on_the_futures_endpoints(emulator):
         assert sorted(f["fired"] > 0 for f in emulator.faults) == [True, True, True]
     finally:
         emulator.clear_faults()
+
+
+def test_missing_funding_events_are_counted_per_day_after_the_listing():
+    day0 = day_start_ms(START)
+    events = pd.DataFrame({"timestamp": np.array([day0, day0 + 16 * 3_600_000, day0 + 32 * 3_600_000]), "rate": 1e-4})
+    days = [START, START + dt.timedelta(days=1), START + dt.timedelta(days=2)]
+    listed = day0 + 3_600_000  # listed at 01:00 on the first day: its 00:00 event is not expected
+    now = day0 + 2 * 86_400_000 + 9 * 3_600_000  # 09:00 on the third day: 16:00 is not due yet
+    assert missing_events(events, "8h", days, listed, now) == {days[0]: 1, days[1]: 2, days[2]: 2}
