@@ -19,11 +19,14 @@ import pandas as pd
 
 from atlas_pipeline.backtest_report import write_backtest_report  # noqa: F401 - where the CLI and demo find it
 from atlas_pipeline.config.backtests import BacktestSettings
-from atlas_pipeline.market_data.store import CandleStore
+from atlas_pipeline.market_data.candles import timeframe_ms
+from atlas_pipeline.market_data.funding import funding_interval
+from atlas_pipeline.market_data.store import FUNDING_RATES, MARK_PRICE_CANDLES, CandleStore
 from atlas_pipeline.research import engine, walkforward
 from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
 from atlas_pipeline.research.engine import BacktestSpec
 from atlas_pipeline.research.engine.exits import split_params, with_params
+from atlas_pipeline.research.engine.perps import PerpSpec, check_funding, perp_metrics
 from atlas_pipeline.research.lookahead import LookaheadReport
 from atlas_pipeline.research.metrics import compute_metrics
 from atlas_pipeline.research.result_store import ResultStore
@@ -49,6 +52,30 @@ def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
         slippage=settings.slippage,
         exits=settings.exits.exits(),
     )
+
+
+def market_spec(settings: BacktestSettings, symbol: str, store: CandleStore, candles: pd.DataFrame) -> BacktestSpec:
+    """``backtest_spec`` plus, for ``market_type: swap``, the market's stored mark prices and
+    funding history over the candles' span. Missing funding events raise ``MissingFundingError``
+    naming the ranges (never zero funding); mark candles are checked by the engine."""
+    spec = backtest_spec(settings)
+    if settings.market_type != "swap":
+        return spec
+    first, last = int(candles["timestamp"].iloc[0]), int(candles["timestamp"].iloc[-1])
+    interval = funding_interval(settings.exchange)
+    funding = CandleStore(store.root, FUNDING_RATES).read(settings.exchange, symbol, interval, first, last + 1)
+    where = f" of {settings.exchange} {symbol} (funding/{settings.exchange})"
+    check_funding(candles["timestamp"].to_numpy(), funding, timeframe_ms(interval), where)
+    mark = CandleStore(store.root, MARK_PRICE_CANDLES).read(settings.exchange, symbol, settings.timeframe, first, last + 1)
+    perp = PerpSpec(
+        mark=mark,
+        funding=funding,
+        leverage=settings.leverage,
+        maintenance_margin=settings.maintenance_margin,
+        liquidation_fee=settings.liquidation_fee,
+        funding_interval_ms=timeframe_ms(interval),
+    )
+    return dataclasses.replace(spec, perp=perp)
 
 
 def sweep_workers() -> int:
@@ -112,7 +139,7 @@ def run_backtest(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     candles = stored_candles(settings, symbol, store)
-    spec = backtest_spec(settings)
+    spec = market_spec(settings, symbol, store, candles)
     sweep = None
     if settings.grid is not None:
         check_grid(settings, strategies_dir)
@@ -165,7 +192,7 @@ def run_walk_forward(
     started = time.perf_counter()
     candles = stored_candles(settings, symbol, store)
     check_grid(settings, strategies_dir)
-    spec = backtest_spec(settings)
+    spec = market_spec(settings, symbol, store, candles)
     with BacktestPool(
         candles, spec, settings.timeframe, strategies_dir, sweep_workers(), isolate=True, label=f"walk-forward {settings.name} {symbol}"
     ) as pool:
@@ -193,6 +220,8 @@ def compute_backtest_metrics(settings: BacktestSettings, symbol: str, results: R
     started = time.perf_counter()
     result = results.load_result(settings.name, symbol)
     metrics = compute_metrics(result.equity, result.trades, result.close)
+    if result.funding is not None:  # a perp backtest (docs/trading-model.md)
+        metrics.update(perp_metrics(result.equity, result.close, result.funding, result.liquidations))
     computed = time.perf_counter()
     title = f"{settings.name} {symbol} {settings.timeframe}"
     charts = {

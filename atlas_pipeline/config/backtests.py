@@ -13,7 +13,7 @@ import datetime as dt
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ccxt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,6 +23,8 @@ from atlas_pipeline.config.exchanges import ExchangesConfig
 from atlas_pipeline.config.loading import read_section, validation_error_to_config_error
 from atlas_pipeline.config.paths import config_dir
 from atlas_pipeline.research.engine.exits import EXIT_KEYS, EXIT_PREFIX, Exits
+from atlas_pipeline.market_data.candles import timeframe_ms
+from atlas_pipeline.market_data.funding import FUNDING_INTERVALS
 from atlas_pipeline.research.sweep import OBJECTIVE_METRICS, Objective, SweepFilters, expand_grid
 from atlas_pipeline.research.walkforward import WalkForwardPlan
 
@@ -202,6 +204,13 @@ class BacktestSettings(BaseModel):
     filters: FilterSettings = Field(default_factory=FilterSettings)
     walk_forward: WalkForwardSettings | None = None
     """Also build ``walkforward/<name>``: the grid optimized per train window, tested out of sample."""
+    market_type: Literal["spot", "swap"] = "spot"
+    """``swap``: perpetual swaps (``BTC/USDT:USDT``) on isolated margin (docs/trading-model.md)."""
+    leverage: float = Field(default=1.0, ge=1, le=125)
+    maintenance_margin: float = Field(default=0.004, ge=0, lt=1)
+    """Maintenance margin rate (Binance's first tier for BTCUSDT: 0.4 %)."""
+    liquidation_fee: float = Field(default=0.0125, ge=0, lt=0.1)
+    """Fee rate of a liquidation, at most the margin left (Binance: 1.25 %)."""
 
     @field_validator("name")
     @classmethod
@@ -228,6 +237,33 @@ class BacktestSettings(BaseModel):
         if len(set(values)) != len(values):
             raise ValueError("lists a market twice")
         return values
+
+    @model_validator(mode="after")
+    def _market_type(self) -> BacktestSettings:
+        swap = self.market_type == "swap"
+        for i, symbol in enumerate(self.symbols):
+            if (":" in symbol) != swap:
+                kind = "a perpetual swap such as BTC/USDT:USDT" if swap else "a spot market (swaps need market_type: swap)"
+                raise FieldError(f"symbols[{i}]", symbol, f"is not {kind}")
+        if not swap:
+            for key in ("leverage", "maintenance_margin", "liquidation_fee"):
+                if key in self.model_fields_set:
+                    raise FieldError(key, getattr(self, key), "applies to market_type: swap only")
+            return self
+        if self.maintenance_margin >= 1 / self.leverage:
+            raise FieldError(
+                "maintenance_margin", self.maintenance_margin,
+                f"must be below 1/leverage = {1 / self.leverage:g} (else a position is liquidated as it opens)",
+            )
+        interval = FUNDING_INTERVALS.get(self.exchange)
+        if interval is None:
+            raise FieldError("market_type", "swap", f"perpetual swaps are backtested on {sorted(FUNDING_INTERVALS)} only")
+        if timeframe_ms(interval) % timeframe_ms(self.timeframe):
+            raise FieldError(
+                "timeframe", self.timeframe,
+                f"must divide {self.exchange}'s funding interval {interval}, so every funding time is a bar edge",
+            )
+        return self
 
     @model_validator(mode="after")
     def _sweep_settings(self) -> BacktestSettings:
@@ -277,12 +313,14 @@ class BacktestSettings(BaseModel):
         """Commission per fill: every order Atlas sends is a market order, which pays taker."""
         if self.fees.taker is not None:
             return self.fees.taker
-        return exchange_fees(self.exchange)["taker"]
+        return exchange_fees(self.exchange, self.market_type)["taker"]
 
 
-def exchange_fees(exchange_id: str) -> dict[str, float]:
-    """Maker/taker fees from ccxt's offline metadata (Binance spot: 0.1% / 0.1%)."""
-    trading = getattr(ccxt, exchange_id)().fees.get("trading", {})
+def exchange_fees(exchange_id: str, market_type: str = "spot") -> dict[str, float]:
+    """Maker/taker fees from ccxt's offline metadata (Binance spot: 0.1% / 0.1%; USDⓈ-M swaps:
+    0.02 % / 0.05 %)."""
+    fees = getattr(ccxt, exchange_id)().fees
+    trading = fees.get("linear", {}).get("trading", {}) if market_type == "swap" else fees.get("trading", {})
     return {"maker": float(trading.get("maker", 0.001)), "taker": float(trading.get("taker", 0.001))}
 
 

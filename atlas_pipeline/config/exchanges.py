@@ -150,6 +150,17 @@ class ExchangeSettings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _swaps_on_binance(self) -> ExchangeSettings:
+        swaps = [m for m in self.markets if ":" in m]
+        if swaps and self.id != "binance":
+            raise FieldError("markets", swaps[0], "perpetual swaps are collected from binance only (so far)")
+        for market in swaps:
+            base_quote, settle = market.split(":")
+            if base_quote.split("/")[1] != settle:
+                raise FieldError("markets", market, "only linear swaps (settled in the quote currency, e.g. BTC/USDT:USDT)")
+        return self
+
+    @model_validator(mode="after")
     def _supported_by_exchange(self) -> ExchangeSettings:
         exchange = _ccxt_class(self.id)()
         offered = exchange.timeframes or {}

@@ -12,12 +12,16 @@ from atlas_pipeline.config.backtests import load_backtests_config
 from atlas_pipeline.config.paths import config_dir as default_config_dir
 from atlas_pipeline.defs.exchange_metadata import build_exchange_metadata_assets, build_exchange_metadata_schedule
 from atlas_pipeline.defs.market_data.assets import build_ohlcv_asset
+from atlas_pipeline.defs.market_data.funding import build_funding_asset
+from atlas_pipeline.defs.market_data.partitions import swap_markets
+from atlas_pipeline.defs.market_data.perp_schedules import perp_daily_schedule, perp_job
 from atlas_pipeline.defs.market_data.schedules import ohlcv_job, ohlcv_schedules
 from atlas_pipeline.defs.research.automation import research_automation_sensor
 from atlas_pipeline.defs.research.assets import build_backtest_assets, build_leaderboard_asset, build_walkforward_asset
 from atlas_pipeline.defs.run_hygiene import dead_runs_sensor
 from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.exchange_metadata import metadata_path
+from atlas_pipeline.market_data.store import MARK_PRICE_CANDLES
 
 
 def build_definitions(config_dir: Path | str | None = None, store_root: str | None = None) -> dg.Definitions:
@@ -37,6 +41,11 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
     schedules: list[dg.ScheduleDefinition] = []
     for settings in exchanges.exchanges.values():
         assets.extend(build_ohlcv_asset(settings, timeframe, metadata_file) for timeframe in settings.timeframes)
+        if swap_markets(settings):  # perpetual swaps: their mark prices and funding too
+            assets.extend(build_ohlcv_asset(settings, tf, dataset=MARK_PRICE_CANDLES) for tf in settings.timeframes)
+            assets.append(build_funding_asset(settings))
+            jobs.append(perp_job(settings))
+            schedules.append(perp_daily_schedule(settings, jobs[-1]))
         job = ohlcv_job(settings)
         jobs.append(job)
         schedules.extend(ohlcv_schedules(settings, job))

@@ -4,7 +4,7 @@
 # annotation (as a string it would become a config field that rejects a plain value).
 import dagster as dg
 
-from atlas_pipeline.market_data.store import CandleStore
+from atlas_pipeline.market_data.store import CANDLES, CandleStore, Dataset
 
 
 class CandleStoreResource(dg.ConfigurableResource):
@@ -19,5 +19,6 @@ class CandleStoreResource(dg.ConfigurableResource):
 
     root: dg.ResourceDependency[str | None] = None
 
-    def get_store(self) -> CandleStore:
-        return CandleStore(self.root)
+    def get_store(self, dataset: Dataset = CANDLES) -> CandleStore:
+        """The store of ``dataset`` (default: trade candles; also mark prices, funding rates)."""
+        return CandleStore(self.root, dataset)

@@ -13,6 +13,7 @@ market named.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import email.utils
 import logging
@@ -33,6 +34,8 @@ from atlas_pipeline.market_data.sources.ccxt_rest import iso
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 60.0
 """Cap of Atlas's own exponential backoff (answers without a usable ``Retry-After``)."""
+FUNDING_PAGE = 1000
+"""Funding events per request (Binance's maximum)."""
 MAX_RETRY_AFTER_SECONDS = 600.0
 """Longest ``Retry-After`` of a 429/418 answer Atlas waits out (10 min). Asked to wait longer, the
 request fails at once naming the wait: retrying early is what gets an IP banned (Binance: 418)."""
@@ -60,6 +63,8 @@ class ExchangeConnection:
     min_request_interval_ms: int | None = None
     max_retries: int = 5
     credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    swaps: bool = False
+    """Perpetual swaps (``BTC/USDT:USDT``) are among the markets: load their markets too."""
 
 
 @dataclass
@@ -95,8 +100,8 @@ def point_at(exchange: ccxt.Exchange, base_url: str) -> None:
 def build_ccxt_exchange(connection: ExchangeConnection, rest: CcxtRest | None = None) -> ccxt.Exchange:
     rest = rest or rest_for(connection.exchange_id)
     options: dict[str, Any] = {"timeout": int(connection.timeout_seconds * 1000), **connection.credentials}
-    if rest.ccxt_options():  # e.g. spot markets only (see market_data/sources)
-        options["options"] = rest.ccxt_options()
+    if rest.ccxt_options(connection.swaps):  # e.g. spot markets only (see market_data/sources)
+        options["options"] = rest.ccxt_options(connection.swaps)
     exchange: ccxt.Exchange = getattr(ccxt, connection.exchange_id)(options)
     rest.prepare(exchange)
     # ccxt hands a 200 answer that is not JSON (an HTML maintenance page, say) to the parser as
@@ -129,7 +134,16 @@ class ExchangeClient:
         self._counters = _Counters()
         self._markets_loaded = False
         self._last_status: int | None = None
+        self.price: str | None = None
+        """ccxt's ``price`` param of candle requests (``"mark"``: mark-price candles); None: trades."""
         self._watch_http_status()
+
+    def for_price(self, price: str) -> ExchangeClient:
+        """This client (same connection, markets and counters) asking for ``price`` candles, e.g.
+        ``"mark"`` for a perpetual swap's mark-price candles."""
+        other = copy.copy(self)
+        other.price = price
+        return other
 
     def _watch_http_status(self) -> None:
         """Remember the HTTP status of each answer. ccxt raises ``DDoSProtection`` for both of
@@ -235,10 +249,46 @@ class ExchangeClient:
             retries=self._counters.retries - before.retries,
         )
 
+    def fetch_funding(self, symbol: str, start_ms: int, end_ms: int) -> FetchResult:
+        """Funding events of a perpetual swap with funding time in ``[start_ms, end_ms)``, sorted,
+        de-duplicated, as ``timestamp`` (ms) and ``rate`` (``FetchResult.candles``).
+
+        Paged forward on ``since`` (``fetch_funding_rate_history``, 1,000 per page), stopping
+        only on an empty page or once past the end, never on a short page (the rule for candles).
+        Binance stamps some events a few ms after the grid time: times are rounded to the second.
+        """
+        self.check_market(symbol)
+        before = _Counters(self._counters.requests, self._counters.retries)
+        rows: list[tuple[int, float]] = []
+        since = start_ms
+        while since < end_ms:
+            page = self._call(
+                f"{symbol} funding since {iso(since)}",
+                self.exchange.fetch_funding_rate_history, symbol, since, FUNDING_PAGE, {"until": end_ms - 1},
+            )
+            if not page:
+                break
+            try:
+                stamps = [int(entry["timestamp"]) for entry in page]
+                rows += [(t, float(entry["fundingRate"])) for t, entry in zip(stamps, page)]
+            except (KeyError, TypeError, ValueError) as error:
+                raise ExchangeRequestError(f"{self.connection.exchange_id} {symbol}: unreadable funding event in {page[:1]!r} ({error})") from error
+            if max(stamps) < since:
+                raise ExchangeRequestError(f"{self.connection.exchange_id} {symbol}: asked for funding since {iso(since)}, got older events")
+            since = max(stamps) + 1
+        frame = pd.DataFrame(rows, columns=["timestamp", "rate"]).astype({"timestamp": "int64", "rate": "float64"})
+        frame["timestamp"] = (frame["timestamp"] + 500) // 1000 * 1000
+        frame = frame[(frame["timestamp"] >= start_ms) & (frame["timestamp"] < end_ms)]
+        frame = frame.drop_duplicates("timestamp", keep="last").sort_values("timestamp", kind="stable").reset_index(drop=True)
+        return FetchResult(frame, self._counters.requests - before.requests, self._counters.retries - before.retries)
+
     def _fetcher(self, symbol: str, timeframe: str) -> OhlcvFetcher:
         """``fetch_ohlcv`` of one market and timeframe with retries, for the exchange's paging."""
 
         def call(what: str, **kwargs: Any) -> list[list[Any]]:
+            if self.price is not None:
+                kwargs["params"] = {**kwargs.get("params", {}), "price": self.price}
+                what = f"{self.price} price {what}"
             return self._call(f"{symbol} {timeframe} {what}", self.exchange.fetch_ohlcv, symbol, timeframe, **kwargs)
 
         return OhlcvFetcher(call=call, last_json=lambda: self.exchange.last_json_response)

@@ -1,6 +1,8 @@
 """``CandleStore``: the one candle cache that data collection writes and backtests read.
 
-Layout, under ``<root>/ohlcv/<exchange>/<symbol_key>/<timeframe>/``:
+Layout, under ``<root>/ohlcv/<exchange>/<symbol_key>/<timeframe>/`` (other datasets of the same
+shape, such as perpetual swaps' mark-price candles and funding rates, under ``<root>/<dataset>/``:
+``CandleStore(root, MARK_PRICE_CANDLES)``, ``CandleStore(root, FUNDING_RATES)``):
 
 - ``<period>.parquet``: the candles of one period (``2024`` for a year, ``2024-03`` for a month,
   ``2024-03-05`` for a day), plus, in the file's Parquet key-value metadata (key ``atlas``), the
@@ -61,14 +63,12 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from atlas_pipeline.market_data.candles import (
-    CANDLE_COLUMNS,
     CANDLE_DTYPES,
     DAY_MS,
     candles_per_day,
     day_of_ms,
     day_start_ms,
     days_between,
-    empty_candles,
     symbol_key,
     timeframe_ms,
     to_ms,
@@ -80,7 +80,36 @@ _MAX_FILE_ROWS = 110_000
 """Most candles a period file may hold; picks year, month or day files. Changing it changes which
 file a day is written to, so existing stores would have to be rewritten."""
 
-_SCHEMA = pa.schema([(c, pa.from_numpy_dtype(np.dtype(t))) for c, t in CANDLE_DTYPES.items()])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """What a store holds: its folder under the root and its frame's columns, the first being
+    ``timestamp`` (int64 ms, UTC). Every dataset is kept by (exchange, symbol, timeframe, day)
+    with the same files, checksums, locks and bookkeeping; only the columns differ."""
+
+    name: str
+    dtypes: Mapping[str, str]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.dtypes)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([(c, pa.from_numpy_dtype(np.dtype(t))) for c, t in self.dtypes.items()])
+
+    def empty(self) -> pd.DataFrame:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in self.dtypes.items()})
+
+
+CANDLES = Dataset("ohlcv", CANDLE_DTYPES)
+"""Trade candles (``ohlcv/<exchange>/<timeframe>``)."""
+MARK_PRICE_CANDLES = Dataset("markprice", CANDLE_DTYPES)
+"""Perpetual swaps' mark-price candles (``markprice/<exchange>/<timeframe>``)."""
+FUNDING_RATES = Dataset("funding", {"timestamp": "int64", "rate": "float64"})
+"""Perpetual swaps' funding events: funding time and rate (``funding/<exchange>``; the
+"timeframe" of the series is the exchange's funding interval, e.g. ``8h``)."""
 _META_KEY = b"atlas"
 _VERSION = 2
 _CHECKSUM_MARK = b'"checksum":"'
@@ -224,7 +253,7 @@ def _thread_lock(key: str) -> threading.Lock:
 
 def _write_parquet(table: pa.Table, where: pa.NativeFile) -> None:
     """``table`` as Parquet, its schema metadata as the file's key-value metadata."""
-    with pq.ParquetWriter(where, _SCHEMA, **_PARQUET_OPTIONS) as writer:
+    with pq.ParquetWriter(where, table.schema.remove_metadata(), **_PARQUET_OPTIONS) as writer:
         writer.write_table(table.replace_schema_metadata(None))
         writer.add_key_value_metadata(table.schema.metadata or {})
 
@@ -448,19 +477,19 @@ def _as_day(value: TimeLike) -> dt.date:
     return day_of_ms(ms)
 
 
-def _checked_arrays(frame: pd.DataFrame, day: dt.date, label: str) -> dict[str, np.ndarray]:
+def _checked_arrays(frame: pd.DataFrame, day: dt.date, label: str, dataset: Dataset = CANDLES) -> dict[str, np.ndarray]:
     """The day's columns as numpy arrays, after the store's own invariants (cheap, no copies)."""
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"{label}: candles must be a DataFrame, got {type(frame).__name__}")
     columns = list(frame.columns)
-    if len(columns) != len(CANDLE_COLUMNS) or set(columns) != set(CANDLE_COLUMNS):
+    if len(columns) != len(dataset.columns) or set(columns) != set(dataset.columns):
         raise ValueError(
-            f"{label}: columns must be exactly {list(CANDLE_COLUMNS)} (use normalize_candles or "
+            f"{label}: columns must be exactly {list(dataset.columns)} (use normalize_candles or "
             f"empty_candles), got {columns}"
         )
     arrays: dict[str, np.ndarray] = {}
     wrong = []
-    for column, dtype in CANDLE_DTYPES.items():
+    for column, dtype in dataset.dtypes.items():
         series = frame[column]
         if series.dtype != np.dtype(dtype):
             wrong.append(f"{column} is {series.dtype}, expected {dtype}")
@@ -609,14 +638,14 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_frame(path: str, table: pa.Table, days: dict[str, list] | None, file: _File) -> None:
+def _check_frame(path: str, table: pa.Table, days: dict[str, list] | None, file: _File, dataset: Dataset = CANDLES) -> None:
     """The candle frame contract, and rows per day equal to ``days``, the bookkeeping (binary
     searches), unless None: a checksummed file's bookkeeping is what the writer derived from its
     rows."""
-    if table.schema.names != list(CANDLE_COLUMNS) or table.schema.types != _SCHEMA.types:
+    if table.schema.names != list(dataset.columns) or table.schema.types != dataset.schema.types:
         found = ", ".join(f"{f.name}: {f.type}" for f in table.schema)
-        raise CorruptStoreFile(path, f"columns are [{found}], expected {dict(CANDLE_DTYPES)}")
-    nulls = [c for c in CANDLE_COLUMNS if table.column(c).null_count]
+        raise CorruptStoreFile(path, f"columns are [{found}], expected {dict(dataset.dtypes)}")
+    nulls = [c for c in dataset.columns if table.column(c).null_count]
     if nulls:
         raise CorruptStoreFile(path, f"null values in {nulls}")
     ts = table.column("timestamp").to_numpy()
@@ -651,7 +680,7 @@ def _check_rows_per_day(path: str, ts: np.ndarray, days: dict[str, list]) -> Non
         )
 
 
-def _load_period(path: str, data: pa.Buffer, file: _File) -> _Period:
+def _load_period(path: str, data: pa.Buffer, file: _File, dataset: Dataset = CANDLES) -> _Period:
     """Decode one period file's bytes, refusing anything but exactly what the store wrote."""
     checksummed = _verify_checksum(path, data)
     try:
@@ -659,12 +688,12 @@ def _load_period(path: str, data: pa.Buffer, file: _File) -> _Period:
     except Exception as error:  # noqa: BLE001 - any failure to decode these bytes means a bad file
         raise CorruptStoreFile(path, f"unreadable Parquet: {type(error).__name__}: {error}") from error
     if checksummed:  # exactly the bytes a version-2 writer wrote: the cheap checks suffice
-        _check_frame(path, table, None, file)
+        _check_frame(path, table, None, file, dataset)
         return _Period(path, table, file, checksummed)
     days, versioned = _bookkeeping(path, table.schema.metadata, file)
     if versioned:
         raise CorruptStoreFile(path, "bookkeeping has a checksum, the file has none")
-    _check_frame(path, table, days, file)
+    _check_frame(path, table, days, file, dataset)
     return _Period(path, table, file, checksummed, days)
 
 
@@ -680,7 +709,7 @@ class CandleStore:
     and raises ``CorruptStoreFile`` naming a bad file; ``verify`` checks a whole store.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, dataset: Dataset = CANDLES) -> None:
         if root is None:
             root = os.environ.get("ATLAS_HOME") or "~/.atlas"
         root = os.fspath(root)
@@ -692,7 +721,8 @@ class CandleStore:
         else:
             self._root = base = os.path.abspath(os.path.expanduser(root))
             self._io = _LocalIO()
-        self._base = f"{base}/ohlcv"
+        self._dataset = dataset
+        self._base = f"{base}/{dataset.name}"
         self._quarantine = f"{base}/{_QUARANTINE}"
 
     @property
@@ -734,7 +764,7 @@ class CandleStore:
             group = by_file.setdefault(_period_name(timeframe, day), {})
             if day in group:
                 raise ValueError(f"{label}: given twice")
-            group[day] = (_checked_arrays(frame, day, label), flag)
+            group[day] = (_checked_arrays(frame, day, label, self._dataset), flag)
         if not by_file:
             return
         with self._io.lock(folder):
@@ -749,7 +779,7 @@ class CandleStore:
     ) -> None:
         """Read-modify-write one period file: drop the replaced days' rows, add the new ones."""
         path = f"{folder}/{file.name}"
-        parts: dict[str, list[np.ndarray]] = {c: [] for c in CANDLE_COLUMNS}
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in self._dataset.columns}
         bookkeeping: dict[str, list] = {}
         old = self._load_or_quarantine(path, file) if exists else None
         if old is not None:
@@ -757,15 +787,15 @@ class CandleStore:
             old_ts = old.table.column("timestamp").to_numpy()
             replaced = np.array([(d - dt.date(1970, 1, 1)).days for d in new_days], dtype=np.int64)
             keep = ~np.isin(old_ts // DAY_MS, replaced)
-            for c in CANDLE_COLUMNS:
+            for c in self._dataset.columns:
                 parts[c].append(old.table.column(c).to_numpy()[keep])
         for day, (arrays, flag) in new_days.items():
             ts = arrays["timestamp"]
             first, last = (int(ts[0]), int(ts[-1])) if len(ts) else (None, None)
             bookkeeping[day.isoformat()] = [len(ts), first, last, flag]
-            for c in CANDLE_COLUMNS:
+            for c in self._dataset.columns:
                 parts[c].append(arrays[c])
-        columns = {c: np.concatenate(parts[c]) for c in CANDLE_COLUMNS}
+        columns = {c: np.concatenate(parts[c]) for c in self._dataset.columns}
         ts = columns["timestamp"]
         if len(ts) > 1 and not (np.diff(ts) > 0).all():
             order = np.argsort(ts, kind="stable")
@@ -774,7 +804,7 @@ class CandleStore:
 
     def _write_period(self, path: str, columns: Mapping[str, object], days: Mapping[str, list]) -> None:
         meta = _bookkeeping_json(dict(sorted(days.items())))
-        table = pa.table(dict(columns), schema=_SCHEMA).replace_schema_metadata({_META_KEY: meta})
+        table = pa.table(dict(columns), schema=self._dataset.schema).replace_schema_metadata({_META_KEY: meta})
         self._io.write_table(path, table)
 
     def _load_or_quarantine(self, path: str, file: _File) -> _Period | None:
@@ -821,7 +851,7 @@ class CandleStore:
             if table.num_rows:
                 pieces.append(table.replace_schema_metadata(None))
         if not pieces:
-            return empty_candles()
+            return self._dataset.empty()
         return pa.concat_tables(pieces).to_pandas()
 
     def read_day(self, exchange: str, symbol: str, timeframe: str, day: TimeLike) -> pd.DataFrame | None:
@@ -834,7 +864,7 @@ class CandleStore:
             if period is not None and day.isoformat() in period.days:
                 i, j = np.searchsorted(period.table.column("timestamp").to_numpy(), [lo, lo + DAY_MS])
                 if i == j:
-                    return empty_candles()
+                    return self._dataset.empty()
                 return period.table.slice(i, j - i).replace_schema_metadata(None).to_pandas()
         return None
 
@@ -1054,7 +1084,7 @@ class CandleStore:
             period = self._load_one(path, file)
             if period is None or period.checksummed:
                 return False
-            self._write_period(path, {c: period.table.column(c) for c in CANDLE_COLUMNS}, period.days)
+            self._write_period(path, {c: period.table.column(c) for c in self._dataset.columns}, period.days)
             return True
 
     def _own_path(self, path: str) -> str:
@@ -1065,7 +1095,7 @@ class CandleStore:
 
     def _move_to_quarantine(self, path: str) -> str:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        target = f"{self._quarantine}/ohlcv/{path[len(self._base) + 1 :]}.{stamp}"
+        target = f"{self._quarantine}/{self._dataset.name}/{path[len(self._base) + 1 :]}.{stamp}"
         while self._io.exists(target):
             target = f"{target}-{uuid.uuid4().hex[:6]}"
         self._io.move(path, target)
@@ -1091,7 +1121,7 @@ class CandleStore:
             data = self._io.read_bytes(path)
         except FileNotFoundError:
             return None
-        return _load_period(path, data, file)
+        return _load_period(path, data, file, self._dataset)
 
     def _load(self, folder: str, files: list[_File]) -> list[_Period | None]:
         def load(file: _File) -> _Period | None:

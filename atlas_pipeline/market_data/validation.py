@@ -55,7 +55,7 @@ class CheckOutcome:
         return f"{self.name}: {self.failures} failing rows{where}; e.g. {'; '.join(self.examples[:3])}"
 
 
-def _row_check(name: str, rule: Callable[[pd.DataFrame], pd.Series], error: str) -> pa.DataFrameSchema:
+def row_check(name: str, rule: Callable[[pd.DataFrame], pd.Series], error: str) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(checks=[pa.Check(rule, name=name, error=error)])
 
 
@@ -64,28 +64,28 @@ def blocking_schemas(timeframe: str, start_ms: int, end_ms: int) -> dict[str, pa
     tf_ms = timeframe_ms(timeframe)
     return {
         "candle_schema": CandleSchema.to_schema(),
-        "ohlc_sanity": _row_check(
+        "ohlc_sanity": row_check(
             "ohlc_sanity",
             lambda df: (df["high"] >= df[["open", "close", "low"]].max(axis=1))
             & (df["low"] <= df[["open", "close"]].min(axis=1)),
             "high must be >= open, close and low; low must be <= open and close",
         ),
-        "unique_timestamps": _row_check(
+        "unique_timestamps": row_check(
             "unique_timestamps",
             lambda df: ~df["timestamp"].duplicated(keep=False),
             "one candle per open time",
         ),
-        "sorted_timestamps": _row_check(
+        "sorted_timestamps": row_check(
             "sorted_timestamps",
             lambda df: df["timestamp"].diff().fillna(0) >= 0,
             "candles sorted by open time",
         ),
-        "timeframe_grid": _row_check(
+        "timeframe_grid": row_check(
             "timeframe_grid",
             lambda df: df["timestamp"] % tf_ms == 0,
             f"open times on the {timeframe} grid (multiples of {tf_ms} ms)",
         ),
-        "inside_partition": _row_check(
+        "inside_partition": row_check(
             "inside_partition",
             lambda df: (df["timestamp"] >= start_ms) & (df["timestamp"] < end_ms),
             f"open times inside the partitions' days [{_iso(start_ms)}, {_iso(end_ms)})",
@@ -106,9 +106,15 @@ GAPS_CHECK = "missing_candles"
 
 def validate_candles(frame: pd.DataFrame, timeframe: str, start_ms: int, end_ms: int) -> list[CheckOutcome]:
     """Run every blocking check over ``frame``; one outcome per check, in ``BLOCKING_CHECKS`` order."""
+    return run_checks(frame, blocking_schemas(timeframe, start_ms, end_ms))
+
+
+def run_checks(frame: pd.DataFrame, schemas: dict[str, pa.DataFrameSchema]) -> list[CheckOutcome]:
+    """Each named schema validated lazily over ``frame`` (a ``timestamp`` column in ms); one
+    outcome per check, with the failing rows' days."""
     frame = frame.reset_index(drop=True)
     outcomes = []
-    for name, schema in blocking_schemas(timeframe, start_ms, end_ms).items():
+    for name, schema in schemas.items():
         try:
             schema.validate(frame, lazy=True)
         except pa.errors.SchemaErrors as errors:

@@ -4,6 +4,7 @@
 - ``indicators.parquet``: the strategy's plotted indicator lines over the same bars (their chart
   panels are in ``result.json``; results saved before indicators were recorded have none)
 - ``trades.parquet``, ``orders.parquet``: closed trades and every order
+- ``funding.parquet``, ``liquidations.parquet``: perp backtests only (docs/trading-model.md)
 - ``result.json``: warm-up bars and the parameters the run used
 - ``metrics.json`` and ``charts/<name>.png``: written by the metrics step
 - ``sweep.parquet``: every candidate of a swept backtest, its metrics and why it was rejected
@@ -65,6 +66,9 @@ class ResultStore:
         self._write(f"{folder}/trades.parquet", _parquet(result.trades))
         self._write(f"{folder}/orders.parquet", _parquet(result.orders))
         self._write(f"{folder}/indicators.parquet", _parquet(result.indicators))
+        for part in _PERP_PARTS:  # perp backtests only (docs/trading-model.md)
+            if getattr(result, part) is not None:
+                self._write(f"{folder}/{part}.parquet", _parquet(getattr(result, part)))
         meta = {"symbol": symbol, "warmup_bars": result.warmup_bars, "parameters": result.parameters,
                 "indicator_panels": result.indicator_panels}
         self._write(f"{folder}/result.json", json.dumps(meta, indent=2, default=str).encode())
@@ -86,6 +90,11 @@ class ResultStore:
             parameters=dict(meta.get("parameters", {})),
             indicators=indicators if indicators is not None else pd.DataFrame(index=equity.index),
             indicator_panels=dict(meta.get("indicator_panels", {})),
+            **{
+                part: self._read(f"{folder}/{part}.parquet")
+                for part in _PERP_PARTS
+                if self.fs.exists(f"{folder}/{part}.parquet")
+            },
         )
 
     def save_metrics(self, name: str, symbol: str, metrics: Mapping[str, Any]) -> str:
@@ -159,6 +168,9 @@ class ResultStore:
     def _read(self, path: str) -> pd.DataFrame:
         with self.fs.open(path, "rb") as handle:
             return pd.read_parquet(handle)
+
+
+_PERP_PARTS = ("funding", "liquidations")
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:

@@ -45,13 +45,18 @@ class BacktestResult:
     parameters: dict[str, Any] = field(default_factory=dict)
     """What the run used: ``strategy`` (name), ``params`` (every strategy param, defaults filled
     in), ``timeframe``, and the costs ``cash``, ``fraction``, ``commission``, ``slippage``,
-    ``cushion`` (see ``research.engine``)."""
+    ``cushion`` (see ``research.engine``); a perp backtest adds ``market_type``, ``leverage``,
+    ``maintenance_margin``, ``liquidation_fee``."""
     indicators: pd.DataFrame = field(default_factory=pd.DataFrame)
     """The strategy's plotted indicator lines over the same bars as ``equity``, one float column
     per line (``SMA (20)``, ``BollingerBands (20, 2.0) top``); rules in ``engine.indicators``."""
     indicator_panels: dict[str, str] = field(default_factory=dict)
     """Column of ``indicators`` -> chart panel: ``"price"`` (over the candles) or the name of
     the indicator's own panel."""
+    funding: pd.DataFrame | None = None
+    """Perp backtests: every funding event settled on a position (``perps.FUNDING_COLUMNS``)."""
+    liquidations: pd.DataFrame | None = None
+    """Perp backtests: every liquidation (``perps.LIQUIDATION_COLUMNS``); None on spot."""
 
     @property
     def bars(self) -> int:

@@ -30,12 +30,13 @@ import dagster as dg
 
 from atlas_pipeline.config import ExchangeSettings
 from atlas_pipeline.defs.market_data.checks import check_results, ohlcv_check_specs
-from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL, ohlcv_partitions, symbols_by_key
+from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL, ohlcv_partitions, swap_markets, symbols_by_key
 from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.candles import ms_to_iso, symbol_key
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
 from atlas_pipeline.market_data.exchange_metadata import flagged_markets
 from atlas_pipeline.market_data.ingest import DayReport, IngestReport, IngestRequestFailed, ingest_days
+from atlas_pipeline.market_data.store import CANDLES, MARK_PRICE_CANDLES, Dataset
 
 MARKET_DATA_GROUP = "market_data"
 
@@ -47,8 +48,9 @@ class OhlcvRunConfig(dg.Config):
     """Refetch days already stored complete (default: keep them and fetch only what is missing)."""
 
 
-def ohlcv_asset_key(exchange: str, timeframe: str) -> dg.AssetKey:
-    return dg.AssetKey(["ohlcv", exchange, timeframe])
+def ohlcv_asset_key(exchange: str, timeframe: str, dataset: Dataset = CANDLES) -> dg.AssetKey:
+    """``ohlcv/<exchange>/<timeframe>``, or ``markprice/...`` for perpetual swaps' mark prices."""
+    return dg.AssetKey([dataset.name, exchange, timeframe])
 
 
 def exchange_connection(settings: ExchangeSettings) -> ExchangeConnection:
@@ -60,20 +62,25 @@ def exchange_connection(settings: ExchangeSettings) -> ExchangeConnection:
         min_request_interval_ms=settings.min_request_interval_ms,
         max_retries=settings.max_retries,
         credentials=settings.credentials(),
+        swaps=bool(swap_markets(settings)),
     )
 
 
 def build_ohlcv_asset(
-    settings: ExchangeSettings, timeframe: str, metadata_file: Path | None = None
+    settings: ExchangeSettings, timeframe: str, metadata_file: Path | None = None, dataset: Dataset = CANDLES
 ) -> dg.AssetsDefinition:
-    """``metadata_file``: the ``exchange_metadata.yaml`` whose flagged markets runs skip (None: none)."""
-    key = ohlcv_asset_key(settings.id, timeframe)
+    """``metadata_file``: the ``exchange_metadata.yaml`` whose flagged markets runs skip (None: none).
+    ``dataset`` ``MARK_PRICE_CANDLES``: ``markprice/<exchange>/<timeframe>``, the mark-price candles
+    of the entry's perpetual swaps (ccxt ``fetch_ohlcv`` with ``price="mark"``), same checks."""
+    key = ohlcv_asset_key(settings.id, timeframe, dataset)
     symbols = symbols_by_key(settings)
+    if dataset is not CANDLES:
+        symbols = {k: m for k, m in symbols.items() if ":" in m}
 
     with warnings.catch_warnings():
         # single_run() is the settled backfill design (DESIGN.md section 3); its beta label is noise.
         warnings.simplefilter("ignore", dg.BetaWarning)
-        return _ohlcv_asset(settings, timeframe, key, symbols, metadata_file)
+        return _ohlcv_asset(settings, timeframe, key, symbols, metadata_file, dataset)
 
 
 def _ohlcv_asset(
@@ -82,16 +89,20 @@ def _ohlcv_asset(
     key: dg.AssetKey,
     symbols: dict[str, str],
     metadata_file: Path | None,
+    dataset: Dataset = CANDLES,
 ) -> dg.AssetsDefinition:
+    mark = dataset is MARK_PRICE_CANDLES
+    what = "mark-price candles of the perpetual swaps" if mark else "OHLCV candles"
+
     @dg.asset(
         key=key,
-        partitions_def=ohlcv_partitions(settings),
+        partitions_def=ohlcv_partitions(settings, swaps_only=mark),
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=ohlcv_check_specs(key),
         group_name=MARKET_DATA_GROUP,
         kinds={"ccxt", "parquet"},
         description=(
-            f"{timeframe} OHLCV candles from {settings.id} via ccxt, stored as Parquet by the "
+            f"{timeframe} {what} from {settings.id} via ccxt, stored as Parquet by the "
             "candle store. Partitioned by UTC day x market; days before a market's first candle "
             "are stored empty."
         ),
@@ -105,8 +116,10 @@ def _ohlcv_asset(
         context: dg.AssetExecutionContext, config: OhlcvRunConfig, candle_store: CandleStoreResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetMaterialization | dg.DagsterEvent]:
         days_by_symbol = _days_by_symbol(context)
-        store = candle_store.get_store()
+        store = candle_store.get_store(dataset)
         client = ExchangeClient(exchange_connection(settings), log=context.log)
+        if mark:
+            client = client.for_price("mark")
         reports: list[IngestReport] = []
         # a universe entry's markets are known at run time only (exchange_metadata.yaml)
         markets = symbols if settings.universe is None else symbols_by_key(settings, metadata_file)

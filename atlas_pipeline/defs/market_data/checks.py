@@ -37,13 +37,19 @@ def ohlcv_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
 
 
 def check_results(
-    asset_key: dg.AssetKey, reports: list[IngestReport], not_attempted: Sequence[str] = ()
+    asset_key: dg.AssetKey,
+    reports: list[IngestReport],
+    not_attempted: Sequence[str] = (),
+    blocking: Sequence[str] = BLOCKING_CHECKS,
+    gaps_check: str = GAPS_CHECK,
 ) -> Iterator[dg.AssetCheckResult]:
     """One result per check over every market of the run; ``not_attempted``: markets the run
-    stopped before (named, with those whose request failed, as not checked)."""
+    stopped before (named, with those whose request failed, as not checked). ``blocking`` names
+    the reports' checks in order and ``gaps_check`` the warning of their missing rows (candles;
+    funding events: ``market_data/funding.py``)."""
     unchecked = [f"{r.symbol} (request failed)" for r in reports if r.error is not None and not r.checks]
     unchecked += [f"{symbol} (not attempted)" for symbol in not_attempted]
-    for index, name in enumerate(BLOCKING_CHECKS):
+    for index, name in enumerate(blocking):
         outcomes = [(report, report.checks[index]) for report in reports if report.checks]
         failed = [(report, outcome) for report, outcome in outcomes if not outcome.passed]
         yield dg.AssetCheckResult(
@@ -64,11 +70,11 @@ def check_results(
     gaps = [(report, day) for report in reports for day in report.stored_days if day.missing]
     yield dg.AssetCheckResult(
         asset_key=asset_key,
-        check_name=GAPS_CHECK,
+        check_name=gaps_check,
         passed=not gaps,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "missing_candles": sum(day.missing for _, day in gaps),
+            "missing_candles" if gaps_check == GAPS_CHECK else "missing_events": sum(day.missing for _, day in gaps),
             "days_with_gaps": len(gaps),
             "worst_days": dg.MetadataValue.md(
                 "\n".join(

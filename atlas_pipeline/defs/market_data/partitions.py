@@ -19,8 +19,9 @@ DATE = "date"
 SYMBOL = "symbol"
 
 
-def ohlcv_partitions(settings: ExchangeSettings) -> dg.MultiPartitionsDefinition:
-    """Days from ``history_start`` through today (today is partial until it closes) x markets.
+def ohlcv_partitions(settings: ExchangeSettings, swaps_only: bool = False) -> dg.MultiPartitionsDefinition:
+    """Days from ``history_start`` through today (today is partial until it closes) x markets
+    (``swaps_only``: the perpetual swaps among them, for mark prices and funding rates).
 
     ``end_offset=1`` adds today's partition so intraday refreshes can store the candles closed so
     far; the daily schedule still targets yesterday, which is complete.
@@ -30,9 +31,16 @@ def ohlcv_partitions(settings: ExchangeSettings) -> dg.MultiPartitionsDefinition
             DATE: dg.DailyPartitionsDefinition(
                 start_date=settings.history_start.isoformat(), timezone="UTC", end_offset=1
             ),
-            SYMBOL: market_partitions(settings),
+            SYMBOL: dg.StaticPartitionsDefinition([symbol_key(m) for m in swap_markets(settings)])
+            if swaps_only
+            else market_partitions(settings),
         }
     )
+
+
+def swap_markets(settings: ExchangeSettings) -> list[str]:
+    """The perpetual swaps (``BTC/USDT:USDT``) among an entry's listed markets."""
+    return [m for m in settings.markets if ":" in m]
 
 
 def market_partitions(settings: ExchangeSettings) -> dg.PartitionsDefinition:

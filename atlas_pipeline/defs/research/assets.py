@@ -9,7 +9,7 @@ gets no metrics.
 """
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import dagster as dg
@@ -17,11 +17,14 @@ import dagster as dg
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.config.exchanges import ExchangeSettings
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
+from atlas_pipeline.defs.market_data.funding import funding_asset_key
 from atlas_pipeline.defs.market_data.partitions import SYMBOL, ohlcv_partitions, symbols_by_key
 from atlas_pipeline.defs.resources import CandleStoreResource
-from atlas_pipeline.market_data.candles import symbol_key
+from atlas_pipeline.market_data.candles import ms_to_iso, symbol_key
 from atlas_pipeline.research.charts import png_markdown
+from atlas_pipeline.market_data.store import MARK_PRICE_CANDLES
 from atlas_pipeline.research.engine import StrategyError
+from atlas_pipeline.research.engine.perps import MissingFundingError
 from atlas_pipeline.research.metrics import metrics_table_markdown
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.sweep import SweepResult
@@ -39,6 +42,7 @@ from atlas_pipeline.research_runs import (
 RESEARCH_GROUP = "research"
 LEADERBOARD_KEY = dg.AssetKey("leaderboard")
 LOOKAHEAD_CHECK = "lookahead_bias"
+FUNDING_CHECK = "funding_history"
 
 
 def backtest_asset_key(name: str) -> dg.AssetKey:
@@ -61,6 +65,18 @@ def _candles_dep(settings: BacktestSettings) -> dg.AssetDep:
     )
 
 
+def _market_deps(settings: BacktestSettings) -> list[dg.AssetDep]:
+    """The candles, and for a perp backtest also the mark prices and funding of its market."""
+    if settings.market_type != "swap":
+        return [_candles_dep(settings)]
+    per_market = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL)
+    return [
+        _candles_dep(settings),
+        dg.AssetDep(ohlcv_asset_key(settings.exchange, settings.timeframe, MARK_PRICE_CANDLES), partition_mapping=per_market),
+        dg.AssetDep(funding_asset_key(settings.exchange), partition_mapping=per_market),
+    ]
+
+
 def build_backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> list[dg.AssetsDefinition]:
     """``backtest/<name>`` and ``metrics/<name>``, partitioned like the candles' market dimension.
 
@@ -80,10 +96,17 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
     key = backtest_asset_key(settings.name)
     swept = f", sweeping {settings.grid} by {settings.objective.metric}" if settings.grid else ""
 
+    funding_spec = dg.AssetCheckSpec(
+        FUNDING_CHECK,
+        asset=key,
+        blocking=True,
+        description="Every funding time of the backtest's period has a stored funding event (never zero funding).",
+    )
+
     @dg.asset(
         key=key,
         partitions_def=partitions,
-        deps=[_candles_dep(settings)],
+        deps=_market_deps(settings),
         check_specs=[
             dg.AssetCheckSpec(
                 LOOKAHEAD_CHECK,
@@ -93,7 +116,8 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
                     "Reruns the strategy on truncated histories; fails if any signal changes when later "
                     "candles are removed (the strategy reads the future)."
                 ),
-            )
+            ),
+            *([funding_spec] if settings.market_type == "swap" else []),
         ],
         group_name=RESEARCH_GROUP,
         kinds={"backtrader", "parquet"},
@@ -103,12 +127,29 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
         ),
         metadata={"strategy": settings.strategy, "params": str(dict(settings.params))},
     )
-    def backtest(context: dg.AssetExecutionContext, candle_store: CandleStoreResource) -> dg.MaterializeResult:
+    def backtest(context: dg.AssetExecutionContext, candle_store: CandleStoreResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         symbol = symbols[context.partition_key]
-        run = _run_for_market(run_backtest, settings, symbol, context, candle_store)
+        swap = settings.market_type == "swap"
+        try:
+            run = _run_for_market(run_backtest, settings, symbol, context, candle_store)
+        except MissingFundingError as error:
+            # The blocking check fails naming the missing ranges, and nothing is materialized.
+            yield dg.AssetCheckResult(
+                check_name=FUNDING_CHECK,
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=str(error),
+                metadata={"missing_ranges": dg.MetadataValue.json([[ms_to_iso(a), ms_to_iso(b), n] for a, b, n in error.ranges])},
+            )
+            raise dg.Failure(description=f"{key.to_user_string()} {symbol}: {error}", allow_retries=False) from error
         result = run.result
         context.log.info(f"{settings.name} {symbol}: {result.bars:,} bars, {len(result.trades)} trades; {run.lookahead.message}")
-        return dg.MaterializeResult(
+        funding_result = dg.AssetCheckResult(
+            check_name=FUNDING_CHECK,
+            passed=True,
+            metadata={"funding_events": len(result.funding) if result.funding is not None else 0},
+        )
+        yield dg.MaterializeResult(
             metadata={
                 "bars": result.bars,
                 "warmup_bars": result.warmup_bars,
@@ -122,7 +163,7 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
                 **(_sweep_metadata(run.sweep, run) if run.sweep is not None else {}),
                 **{f"seconds_{stage}": round(value, 3) for stage, value in run.seconds.items()},
             },
-            check_results=[_lookahead_check_result(run)],
+            check_results=[_lookahead_check_result(run), *([funding_result] if swap else [])],
         )
 
     @dg.asset(
@@ -222,7 +263,7 @@ def _walkforward_asset(settings: BacktestSettings, source: ExchangeSettings) -> 
     @dg.asset(
         key=walkforward_asset_key(settings.name),
         partitions_def=partitions,
-        deps=[_candles_dep(settings)],
+        deps=_market_deps(settings),
         group_name=RESEARCH_GROUP,
         kinds={"backtrader", "parquet"},
         description=(

@@ -15,7 +15,8 @@ exactly ``times`` times. Kinds come in three groups, by where they act:
   ``times`` unset it is a per-request cap below the documented limit (``short_page:rows=300``).
 
 Endpoints are named per API (Binance: ``klines``, ``exchangeInfo``, ``ticker24hr``, ``ping``,
-``time``; OKX: ``candles``, ``history-candles``, ``instruments``, ``tickers``, ``time``).
+``time``; Binance USDⓈ-M futures: ``fapiKlines``, ``markPriceKlines``, ``fapiExchangeInfo``,
+``fundingRate``, ``premiumIndex``, ``fapiTime``, ``fapiPing``; OKX: ``candles``, ``history-candles``, ``instruments``, ``tickers``, ``time``).
 ``klines`` also means "every candle endpoint" of whichever API is emulated, so one rule set
 works against both; ``candles``/``history-candles`` pick one of OKX's two.
 """
@@ -32,9 +33,11 @@ TRANSPORT_KINDS = ("rate_limit", "server_error", "timeout")
 BODY_KINDS = ("truncated", "malformed")
 DATA_KINDS = ("duplicates", "out_of_order", "bad_ohlc", "off_grid", "short_page")
 KINDS = TRANSPORT_KINDS + BODY_KINDS + DATA_KINDS
-CANDLE_ENDPOINTS = ("klines", "candles", "history-candles")
-"""Endpoints that answer candle rows: Binance's klines, OKX's candles and history-candles."""
-ENDPOINTS = ("any", *CANDLE_ENDPOINTS, "exchangeInfo", "ticker24hr", "ping", "time", "instruments", "tickers")
+CANDLE_ENDPOINTS = ("klines", "candles", "history-candles", "fapiKlines", "markPriceKlines")
+"""Endpoints that answer candle rows: Binance's klines, OKX's candles and history-candles, Binance
+USDⓈ-M futures' klines and mark-price klines."""
+FUTURES_ENDPOINTS = ("fapiExchangeInfo", "fundingRate", "premiumIndex", "fapiTime", "fapiPing")
+ENDPOINTS = ("any", *CANDLE_ENDPOINTS, "exchangeInfo", "ticker24hr", "ping", "time", "instruments", "tickers", *FUTURES_ENDPOINTS)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The emulator's HTTP layer: a loopback server that answers one exchange's paths (Binance spot or
-OKX v5, one module per API: ``binance_api``, ``okx_api``), applies faults, counts.
+"""The emulator's HTTP layer: a loopback server that answers one exchange's paths (Binance spot and
+USDⓈ-M futures, or OKX v5; one module per API: ``binance_api``, ``binance_futures_api``,
+``okx_api``), applies faults, counts.
 
 Stdlib only (``ThreadingHTTPServer``, HTTP/1.1 keep-alive like the real API), so the offline demo
 needs nothing beyond Atlas. Control endpoints under ``/_emulator/`` let a process that does not
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from atlas_pipeline.market_data.emulator.binance_api import BinanceApi
+from atlas_pipeline.market_data.emulator.binance_futures_api import BinanceSpotAndFutures
 from atlas_pipeline.market_data.emulator.faults import FaultPlan, FaultRule, corrupt_rows
 from atlas_pipeline.market_data.emulator.okx_api import OkxApi
 from atlas_pipeline.market_data.emulator.sources import CandleSource, FileCandleSource
@@ -29,7 +30,7 @@ from atlas_pipeline.market_data.emulator.synthetic import SyntheticCandleSource,
 logger = logging.getLogger(__name__)
 
 FaultLike = FaultRule | str | Mapping[str, Any]
-APIS: dict[str, Callable[..., Any]] = {"binance": BinanceApi, "okx": OkxApi}
+APIS: dict[str, Callable[..., Any]] = {"binance": BinanceSpotAndFutures, "okx": OkxApi}
 """The emulated APIs by ccxt exchange id. Each answers ``answer(endpoint, params, now)`` for its
 ``paths``, finds candle rows for data faults (``candle_page``) laid out as ``row_layout``, and
 has its own ``rate_limit_body`` and ``system_error`` reply."""
@@ -147,8 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class EmulatorServer:
     """An exchange's REST emulator serving ``source`` on ``http://host:port`` (port 0: a free one):
-    ``exchange`` ``"binance"`` (spot, the default) or ``"okx"`` (v5); ``api_options`` go to that
-    API (OKX: ``history_limit``).
+    ``exchange`` ``"binance"`` (spot and USDⓈ-M perpetuals, the default) or ``"okx"`` (v5);
+    ``api_options`` go to that API (OKX: ``history_limit``; Binance: ``funding_seed``).
 
     The socket is bound on construction, so ``base_url`` is known before serving. ``start()``
     serves from a background thread, ``serve_forever()`` in the foreground (the CLI);

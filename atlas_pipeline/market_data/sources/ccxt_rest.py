@@ -45,8 +45,10 @@ class CcxtRest:
 
     exchange_id: str | None = None
 
-    def ccxt_options(self) -> dict[str, Any]:
-        """``options`` for the ccxt constructor."""
+    def ccxt_options(self, swaps: bool = False) -> dict[str, Any]:
+        """``options`` for the ccxt constructor; ``swaps``: perpetual swaps are collected too."""
+        if swaps:
+            raise ValueError(f"perpetual swaps are collected from binance only, not {self.exchange_id or 'this exchange'}")
         return {}
 
     def prepare(self, exchange: Any) -> None:
@@ -83,10 +85,12 @@ class CcxtRest:
 class BinanceRest(CcxtRest):
     exchange_id = "binance"
 
-    def ccxt_options(self) -> dict[str, Any]:
-        # Spot only (else load_markets walks the futures and options APIs); no currencies and no
-        # margin pairs (with API keys, load_markets would also call private wallet and margin APIs).
-        return {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False}
+    def ccxt_options(self, swaps: bool = False) -> dict[str, Any]:
+        # Spot, plus USDⓈ-M ("linear") when swaps are collected (else load_markets walks the
+        # futures and options APIs); no currencies and no margin pairs (with API keys,
+        # load_markets would also call private wallet and margin APIs).
+        types = ["spot", "linear"] if swaps else ["spot"]
+        return {"fetchMarkets": {"types": types}, "fetchCurrencies": False, "fetchMargins": False}
 
 
 def iso(ms: int) -> str:

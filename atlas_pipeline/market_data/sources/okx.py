@@ -42,7 +42,8 @@ RECENT_CANDLES = 1200
 class OkxRest(CcxtRest):
     exchange_id = "okx"
 
-    def ccxt_options(self) -> dict[str, Any]:
+    def ccxt_options(self, swaps: bool = False) -> dict[str, Any]:
+        super().ccxt_options(swaps)  # refuses swaps
         return {"fetchMarkets": {"types": ["spot"]}}  # else also futures, swaps and options
 
     def prepare(self, exchange: Any) -> None:

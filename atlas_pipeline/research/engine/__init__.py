@@ -51,6 +51,8 @@ numpy implementation):
 - **Indicators.** The strategy's plotted indicator lines over the same bars as ``equity``
   (``BacktestResult.indicators``), read from backtrader's buffers after the run; which ones and
   on which chart panel follows backtrader's ``plotinfo`` (``engine/indicators.py``).
+- **Perpetual swaps** (``BacktestSpec.perp``): isolated margin, leverage, funding and
+  liquidation on the same fills, in ``perps.py``; rules in ``docs/trading-model.md``.
 
 Speed (``bench/backtest.py --variants``, 525,600 1m bars, SMA crossover, 2-core box): 35.2k
 bars/s, against 12.6k for a bare script with ``PandasData`` and ``bt.Cerebro()`` defaults (2.8x).
@@ -72,7 +74,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import backtrader as bt
 import numpy as np
@@ -92,6 +94,9 @@ from atlas_pipeline.research.strategy_loader import (
     strategy_params,
     validate_params,
 )
+
+if TYPE_CHECKING:
+    from atlas_pipeline.research.engine.perps import PerpSpec
 
 __all__ = [
     "BacktestSpec",
@@ -128,6 +133,8 @@ class BacktestSpec:
     """Gap between the signal bar's close and the next open that a buy's size still fits."""
     exits: Exits | None = None
     """Protective exits every position gets (docs/trading-model.md); None or empty: none."""
+    perp: PerpSpec | None = None
+    """A perpetual swap on isolated margin (``perps.py``, docs/trading-model.md); None: spot."""
 
     def __post_init__(self) -> None:
         if self.exits is not None and not isinstance(self.exits, Exits):
@@ -370,20 +377,25 @@ def _run(
     atlas = issubclass(cls, AtlasStrategy)
 
     cerebro = bt.Cerebro(**CEREBRO_OPTIONS)
-    broker = RecordingBroker()
-    broker.set_cash(spec.cash)
-    broker.set_checksubmit(False)
-    broker.set_slippage_perc(spec.slippage, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
-    broker.addcommissioninfo(PercentCommission(commission=spec.commission))
-    cerebro.broker = broker
+    if spec.perp is not None:
+        from atlas_pipeline.research.engine import perps
+
+        broker = perps.configure(cerebro, candles, spec)
+    else:
+        broker = RecordingBroker()
+        broker.set_cash(spec.cash)
+        broker.set_checksubmit(False)
+        broker.set_slippage_perc(spec.slippage, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
+        broker.addcommissioninfo(PercentCommission(commission=spec.commission))
+        cerebro.broker = broker
+        cerebro.addsizer(
+            FractionSizer,
+            fraction=spec.fraction,
+            commission=spec.commission,
+            slippage=spec.slippage,
+            cushion=spec.cushion,
+        )
     cerebro.adddata(FEED(dataname=candles, timeframe=tf, compression=compression))
-    cerebro.addsizer(
-        FractionSizer,
-        fraction=spec.fraction,
-        commission=spec.commission,
-        slippage=spec.slippage,
-        cushion=spec.cushion,
-    )
     strategy_cls = with_exits(cls, spec.exits or None)
     cerebro.addstrategy(
         _with_hooks(strategy_cls, record_targets=record_signals and atlas, trade_from_bar=trade_from_bar), **params
@@ -486,17 +498,23 @@ def _result(
 ) -> BacktestResult:
     ms = candles["timestamp"].to_numpy(np.int64)
     close = candles["close"].to_numpy(np.float64)
-    fills = broker.fills
-    fill_bars = np.array([f.bar for f in fills], dtype=np.int64)
-    last_fill = np.searchsorted(fill_bars, np.arange(first, len(ms)), side="right") - 1
-    cash = np.append(np.array([f.cash for f in fills]), spec.cash)[last_fill]
-    position = np.append(np.array([f.position for f in fills]), 0.0)[last_fill]
     held = close[first:]
+    if spec.perp is not None:
+        from atlas_pipeline.research.engine import perps
+
+        columns = perps.equity_columns(broker, held, first)
+    else:
+        fills = broker.fills
+        fill_bars = np.array([f.bar for f in fills], dtype=np.int64)
+        last_fill = np.searchsorted(fill_bars, np.arange(first, len(ms)), side="right") - 1
+        cash = np.append(np.array([f.cash for f in fills]), spec.cash)[last_fill]
+        position = np.append(np.array([f.position for f in fills]), 0.0)[last_fill]
+        columns = {"equity": cash + position * held, "cash": cash, "position": position}
     equity = pd.DataFrame(
-        {"equity": cash + position * held, "cash": cash, "position": position, "in_market": position != 0},
-        index=_times(ms[first:]),
+        {**columns, "in_market": columns["position"] != 0}, index=_times(ms[first:])
     ).loc[:, list(EQUITY_COLUMNS)]
     indicators, panels = record_indicators(strategy, first, equity.index)
+    perp_outputs = {} if spec.perp is None else perps.outputs(broker, spec.perp)
     return BacktestResult(
         equity=equity,
         trades=_trades(strategy, ms, broker.exit_reasons),
@@ -509,9 +527,11 @@ def _result(
             "timeframe": timeframe,
             **{k: getattr(spec, k) for k in ("cash", "fraction", "commission", "slippage", "cushion")},
             "exits": spec.exits.as_dict() if spec.exits else {},
+            **perp_outputs.pop("parameters", {}),
         },
         indicators=indicators,
         indicator_panels=panels,
+        **perp_outputs,
     )
 
 
