@@ -7,6 +7,7 @@ materialized in the UI leave the same files behind.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
