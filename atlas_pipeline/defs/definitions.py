@@ -11,6 +11,7 @@ from atlas_pipeline.config.backtests import load_backtests_config
 from atlas_pipeline.config.paths import config_dir as default_config_dir
 from atlas_pipeline.defs.exchange_metadata import build_exchange_metadata_assets, build_exchange_metadata_schedule
 from atlas_pipeline.defs.market_data.assets import build_ohlcv_asset
+from atlas_pipeline.defs.market_data.backfills import ohlcv_backfill_job, ohlcv_backfill_sensor
 from atlas_pipeline.defs.market_data.schedules import ohlcv_job, ohlcv_schedules
 from atlas_pipeline.defs.research.automation import research_automation_sensor
 from atlas_pipeline.defs.research.assets import build_backtest_assets, build_leaderboard_asset, build_walkforward_asset
@@ -25,12 +26,15 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
     backtests = load_backtests_config(exchanges, config_dir)
     metadata_file = metadata_path(config_dir or default_config_dir())
     assets: list[dg.AssetsDefinition] = []
-    jobs: list[dg.UnresolvedAssetJobDefinition] = []
+    jobs: list[dg.UnresolvedAssetJobDefinition | dg.JobDefinition] = []
     schedules: list[dg.ScheduleDefinition] = []
+    sensors: list[dg.SensorDefinition] = [dead_runs_sensor()]
     for settings in exchanges.exchanges.values():
         assets.extend(build_ohlcv_asset(settings, timeframe, metadata_file) for timeframe in settings.timeframes)
         job = ohlcv_job(settings)
-        jobs.append(job)
+        backfill_job = ohlcv_backfill_job(settings)
+        jobs.extend([job, backfill_job])
+        sensors.append(ohlcv_backfill_sensor(settings, backfill_job, job))
         schedules.extend(ohlcv_schedules(settings, job))
     for backtest in backtests.backtests.values():
         assets.extend(build_backtest_assets(backtest, exchanges.get(backtest.exchange)))
@@ -45,7 +49,7 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         jobs=jobs,
         schedules=schedules,
         sensors=[
-            dead_runs_sensor(),
+            *sensors,
             *([research_automation_sensor(backtests.backtests.values(), exchanges.exchanges)] if backtests.backtests else []),
         ],
         resources={"candle_store": CandleStoreResource(root=store_root)},
