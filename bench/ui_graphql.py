@@ -126,16 +126,8 @@ class Webserver:
     # --- the UI's requests --------------------------------------------------------------------
 
     def launch_backfill_as_the_ui_does(self, asset_path: list[str], job: str, names: list[str] | None) -> Reply:
-        """The partitions dialog's backfill launch: ``names`` with the job's partition set (an
-        asset of a user job), or ``allPartitions`` (``names`` None: assets without a common job)."""
-        params: dict[str, Any] = {"tags": [], "assetSelection": [{"path": asset_path}]}
-        if names is None:
-            params["allPartitions"] = True
-        else:
-            params.update(partitionNames=names, fromFailure=False, selector={
-                "partitionSetName": f"{job}_partition_set",
-                "repositorySelector": {"repositoryLocationName": self.location, "repositoryName": self.repository},
-            })
+        """The partitions dialog's backfill launch (``backfill_params``)."""
+        params = backfill_params(asset_path, job, names, self.location, self.repository)
         reply = self.post(LAUNCH_PARTITION_BACKFILL_MUTATION, {"backfillParams": params})
         if reply.data["launchPartitionBackfill"]["__typename"] != "LaunchBackfillSuccess":
             raise RuntimeError(f"backfill launch failed: {reply.data}")
@@ -154,6 +146,23 @@ class Webserver:
 
     def partition_health(self, asset_path: list[str]) -> Reply:
         return self.post(PARTITION_HEALTH_QUERY, {"assetKey": {"path": asset_path}})
+
+
+def backfill_params(
+    asset_path: list[str], job: str, names: list[str] | None, location: str, repository: str
+) -> dict[str, Any]:
+    """``launchPartitionBackfill``'s params as the partitions dialog sends them: ``names`` with the
+    job's partition set (an asset of a user job), or ``allPartitions`` (``names`` None: assets
+    without a common job)."""
+    params: dict[str, Any] = {"tags": [], "assetSelection": [{"path": asset_path}]}
+    if names is None:
+        params["allPartitions"] = True
+    else:
+        params.update(partitionNames=names, fromFailure=False, selector={
+            "partitionSetName": f"{job}_partition_set",
+            "repositorySelector": {"repositoryLocationName": location, "repositoryName": repository},
+        })
+    return params
 
 
 def _free_port() -> int:

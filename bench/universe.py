@@ -2,7 +2,7 @@
 two backtests over all markets, a fresh Dagster instance per N, PostgreSQL by default.
 
 Run: ``.venv/bin/python bench/universe.py [--markets 25,100,500] [--postgres-url URL | --no-postgres]
-[--sqlite] [--no-daemon] [--skip-all-names] [--bookkeeping-timeframes 1d,1h,1m]``. Without
+[--sqlite] [--no-daemon] [--skip-all-names] [--profile-launch] [--bookkeeping-timeframes 1d,1h,1m]``. Without
 ``--postgres-url`` it starts a throwaway PostgreSQL server as the tests do
 (``atlas_pipeline_tests/postgres_server.py``). One function per measurement, a table at the end:
 
@@ -18,7 +18,8 @@ Run: ``.venv/bin/python bench/universe.py [--markets 25,100,500] [--postgres-url
   of the ``ohlcv_<exchange>`` job; skip with ``--skip-all-names``) and ``allPartitions`` (assets
   without a common job), Atlas's backfill request (the launchpad launching
   ``ohlcv_<exchange>_backfill``; bar < 5 s) and the sensor turning it into one run per market,
-  and the asset page's partition health query, cold and cached (bar < 1 s);
+  and the asset page's partition health query, cold and cached (bar < 1 s); ``--profile-launch``:
+  Dagster's launch for one market again, in-process under cProfile (where its time goes);
 - ``bookkeeping``: a 2017 -> today backfill of one market per timeframe through the real asset
   (``bench/ingest.py``'s run), minus Atlas's own stages (bar on PostgreSQL for 1h: <= 10 s);
   once per storage, it does not depend on N.
@@ -287,6 +288,25 @@ def sensor_tick(universe: Universe, cursor: str | None, clock: Clock) -> Tick:
     return Tick(seconds, rss_mb("VmHWM"), before, list(data.run_requests or []), data.cursor, data.skip_message)
 
 
+LOCATION = "atlas_universe"
+
+
+@contextlib.contextmanager
+def in_process_workspace(universe: Universe) -> Iterator[object]:
+    """The universe's code location loaded in this process, as a daemon's workspace."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable, python_file=str(universe.defs_file), attribute="defs"),
+        location_name=LOCATION,
+    )
+    with WorkspaceProcessContext(universe.instance, InProcessWorkspaceLoadTarget(origin)) as context:
+        yield context
+
+
 class DaemonTicks:
     """The sensor daemon's own iteration (``execute_sensor_iteration``) over the universe's code
     location, in-process, each on the next tick of the frozen clock."""
@@ -294,21 +314,10 @@ class DaemonTicks:
     def __init__(self, universe: Universe, clock: Clock, submit_workers: int = 0) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from dagster._core.remote_origin import InProcessCodeLocationOrigin
-        from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-        from dagster._core.workspace.context import WorkspaceProcessContext
-        from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-
         self._universe = universe
         self._clock = clock
-        origin = InProcessCodeLocationOrigin(
-            LoadableTargetOrigin(executable_path=sys.executable, python_file=str(universe.defs_file), attribute="defs"),
-            location_name="atlas_universe",
-        )
         self._stack = contextlib.ExitStack()
-        self._context = self._stack.enter_context(
-            WorkspaceProcessContext(universe.instance, InProcessWorkspaceLoadTarget(origin))
-        )
+        self._context = self._stack.enter_context(in_process_workspace(universe))
         # dagster.yaml's ``sensors: num_submit_workers`` (default: none, runs submitted one by one)
         self._submit = self._stack.enter_context(ThreadPoolExecutor(submit_workers)) if submit_workers else None
         self._logger = logging.getLogger("bench.universe.daemon")
@@ -487,6 +496,40 @@ def ui(universe: Universe, work: Path, all_names: bool) -> tuple[bool, dict[str,
     return ok_status and ok_launch and exact, row
 
 
+def profile_launch(universe: Universe, top: int = 8) -> None:
+    """Dagster's backfill launch for one market since 2017 (the dialog's payload), in-process under
+    cProfile (the webserver's resolver with this process's workspace): where its time goes."""
+    import cProfile
+    import pstats
+
+    from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
+    from dagster_graphql.test.utils import execute_dagster_graphql
+    from ui_graphql import backfill_params
+
+    days = [(HISTORY_START + dt.timedelta(days=i)).isoformat() for i in range(_days_since_start())]
+    names = [f"{day}|{universe.market_keys[0]}" for day in days]
+    params = backfill_params(["ohlcv", EXCHANGE, "1h"], f"ohlcv_{EXCHANGE}", names, LOCATION, "__repository__")
+    with in_process_workspace(universe) as workspace:
+        request = workspace.create_request_context()
+        profile = cProfile.Profile()
+        began = time.perf_counter()
+        profile.enable()
+        execute_dagster_graphql(request, LAUNCH_PARTITION_BACKFILL_MUTATION, variables={"backfillParams": params})
+        profile.disable()
+        seconds = time.perf_counter() - began
+    stats = pstats.Stats(profile).stats  # (file, line, function) -> (calls, _, own, cumulative, _)
+    rows = sorted(
+        ((cumulative, calls, f"{Path(file).parent.name}/{Path(file).name}:{function}")
+         for (file, _, function), (_, calls, _, cumulative, _) in stats.items()
+         if "/dagster/_core/" in file or function.startswith(("assert_valid", "create_and_launch"))),
+        reverse=True,
+    )[:top]
+    print(f"  cProfile of Dagster's backfill launch (one market since 2017), in-process: {seconds:.2f} s; "
+          "Dagster functions by cumulative time:")
+    for cumulative, calls, name in rows:
+        print(f"    {cumulative:7.2f} s  {calls:>10,} calls  {name}")
+
+
 def backfill_sensor(universe: Universe) -> tuple[float, list[dg.RunRequest]]:
     """The request job run in-process (everything), then the sensor evaluated on its success event."""
     result = universe.defs.resolve_job_def(f"ohlcv_{EXCHANGE}_backfill").execute_in_process(
@@ -560,6 +603,8 @@ def bench_universe(n: int, work: Path, api_url: str, postgres_url: str | None, a
             fine, numbers = section()
             ok &= fine
             row.update(numbers)
+        if args.profile_launch:
+            profile_launch(universe)
         return ok, row
 
 
@@ -582,6 +627,8 @@ def main() -> None:
                         help="threads the daemon submits runs with (dagster.yaml sensors.num_submit_workers; default 0: one by one)")
     parser.add_argument("--run-per-market", action="store_true",
                         help="record the new day with one candle run per market (default: one per timeframe)")
+    parser.add_argument("--profile-launch", action="store_true",
+                        help="also cProfile Dagster's backfill launch in-process and print where its time goes")
     parser.add_argument("--skip-all-names", action="store_true", help="skip Dagster's launch with every partition name")
     parser.add_argument("--bookkeeping-timeframes", default=",".join(TIMEFRAMES),
                         help="timeframes of the 2017 -> today one-market backfill ('' to skip; default 1d,1h,1m)")
