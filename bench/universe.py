@@ -618,7 +618,8 @@ def print_table(rows: list[dict[str, str]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--markets", default="25,100,500", help="comma-separated universe sizes (default 25,100,500)")
+    parser.add_argument("--markets", default="25,100,500",
+                        help="comma-separated universe sizes (default 25,100,500; '' for only the bookkeeping)")
     parser.add_argument("--postgres-url", help="a PostgreSQL server (a role allowed to create databases); default: start one")
     parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
     parser.add_argument("--sqlite", action="store_true", help="also measure on Dagster's default SQLite storage")
@@ -634,7 +635,7 @@ def main() -> None:
                         help="timeframes of the 2017 -> today one-market backfill ('' to skip; default 1d,1h,1m)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
-    sizes = [int(size) for size in args.markets.split(",")]
+    sizes = [int(size) for size in args.markets.split(",") if size]  # none: only the bookkeeping
     ok, rows, bookkeeping_rows = True, [], []
     with tempfile.TemporaryDirectory(prefix="atlas-universe-bench-") as folder, contextlib.ExitStack() as stack:
         work = Path(folder)
@@ -647,7 +648,7 @@ def main() -> None:
                 from atlas_pipeline_tests.postgres_server import postgres_server
 
                 storages.append(stack.enter_context(postgres_server()).url("postgres"))
-        source = SyntheticCandleSource(SEED, markets=universe_markets(max(sizes)))
+        source = SyntheticCandleSource(SEED, markets=universe_markets(max(sizes, default=1)))
         server = stack.enter_context(EmulatorServer(source))
         for postgres_url in storages:
             for n in sizes:
@@ -662,7 +663,8 @@ def main() -> None:
                 ok &= fine
                 bookkeeping_rows.extend(more)
     print()
-    print_table(rows)
+    if rows:
+        print_table(rows)
     if bookkeeping_rows:
         print()
         print_table(bookkeeping_rows)
