@@ -112,6 +112,7 @@ def ohlcv_backfill_job(settings: ExchangeSettings) -> dg.JobDefinition:
 
     @dg.job(
         name=backfill_job_name(settings),
+        executor_def=dg.in_process_executor,  # one quick op: no child process to spawn
         description=(
             f"Backfill {settings.id} candles: run config picks the days, markets and timeframes (empty: all); "
             f"sensor ohlcv_{settings.id}_backfills then requests one ohlcv_{settings.id} run per market."
