@@ -561,6 +561,7 @@ def bookkeeping(work: Path, api_url: str, timeframes: list[str], postgres_url: s
         config_dir = ingest.bench_config(folder / "config", api_url, symbol, timeframe, HISTORY_START)
         settings = load_exchanges_config(config_dir).get(EXCHANGE)
         backfill = ingest.Backfill(symbol, timeframe, HISTORY_START, today + dt.timedelta(days=1), settings, config_dir)
+        ingest.warm_up(backfill, folder / "warm-up")  # as ingest.py does: first-call costs hit no timed run
         with contextlib.ExitStack() as stack:
             if postgres_url:
                 url = stack.enter_context(fresh_postgres_database(postgres_url))
