@@ -1,7 +1,7 @@
 """The production instance (``deployment/dagster.yaml``) on a real PostgreSQL server.
 
-The module starts its own server from the Debian ``postgresql`` binaries (``.ci/run`` installs them)
-on a free loopback port in a temporary directory, and stops it at teardown. Each test gets a fresh
+The module starts its own server (``postgres_server.py``: Debian's ``postgresql`` binaries, a free
+loopback port, a temporary directory) and stops it at teardown. Each test gets a fresh
 database, loads the shipped ``dagster.yaml`` verbatim with the ``DAGSTER_PG_*`` variables pointed at
 it, and runs real Dagster work on it: a single-run OHLCV backfill through ``materialize_ohlcv_range``
 against the emulator serving real Binance candles.
@@ -10,16 +10,8 @@ against the emulator serving real Binance candles.
 from __future__ import annotations
 
 import datetime as dt
-import glob
-import itertools
-import os
-import pwd
 import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -28,6 +20,7 @@ import pytest
 from atlas_pipeline import CandleStore
 from atlas_pipeline.market_data.candles import day_start_ms
 from atlas_pipeline.market_data.emulator import FileCandleSource
+from atlas_pipeline_tests.postgres_server import PG_USER, PostgresServer, postgres_server, unavailable_reason
 from atlas_pipeline_tests.support import (
     SHARED_CANDLES,
     assert_frames_equal,
@@ -41,98 +34,16 @@ from atlas_pipeline_tests.support import (
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENT_YAML = REPO / "deployment" / "dagster.yaml"
 KEY = dg.AssetKey(["ohlcv", "binance", "5m"])
-PG_USER = "atlas"
 D = dt.date
 
-
-def _pg_bin_dir() -> Path | None:
-    """Where ``initdb`` and ``pg_ctl`` are: PATH first, then Debian's versioned directories."""
-    found = shutil.which("initdb")
-    if found and shutil.which("pg_ctl"):
-        return Path(found).resolve().parent
-    for directory in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if (Path(directory) / "initdb").exists() and (Path(directory) / "pg_ctl").exists():
-            return Path(directory)
-    return None
-
-
-def _skip_reason() -> str | None:
-    try:
-        import dagster_postgres  # noqa: F401
-    except ImportError:
-        return "dagster_postgres is not installed (pip install -e '.[postgres]' or '.[test]')"
-    if _pg_bin_dir() is None:
-        return "PostgreSQL server binaries (initdb, pg_ctl) not found; .ci/run installs Debian's postgresql"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class PostgresServer:
-    bin_dir: Path
-    root: Path
-    port: int
-    run_as: str | None  # the unprivileged user the server runs as when the tests run as root
-    _databases = itertools.count()
-
-    def command(self, *args: str) -> list[str]:
-        argv = [str(self.bin_dir / args[0]), *args[1:]]
-        return ["runuser", "-u", self.run_as, "--", *argv] if self.run_as else argv
-
-    def run(self, *args: str, timeout: float = 60) -> None:
-        done = subprocess.run(self.command(*args), capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            log = self.root / "server.log"
-            tail = log.read_text()[-2000:] if log.exists() else ""
-            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stderr or done.stdout}\n{tail}")
-
-    def url(self, db: str) -> str:
-        return f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{self.port}/{db}"
-
-    def create_database(self) -> str:
-        import sqlalchemy as sa
-
-        name = f"atlas_test_{next(self._databases)}"
-        engine = sa.create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-        engine.dispose()
-        return name
+pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server on 127.0.0.1:<free port>, data and socket in a temp dir, trust auth."""
-    run_as = None
-    root = Path(tempfile.mkdtemp(prefix="atlas-pg-"))  # short: the socket path must fit 107 bytes
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        try:
-            account = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.fail("running as root and no 'postgres' system user to run PostgreSQL as")
-        run_as = account.pw_name
-        os.chown(root, account.pw_uid, account.pw_gid)
-    server = PostgresServer(_pg_bin_dir(), root, _free_port(), run_as)  # type: ignore[arg-type]
-    data = root / "data"
-    options = f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    started = False
-    try:
-        server.run("initdb", "-D", str(data), "-U", PG_USER, "--auth=trust", "--no-sync", "-E", "UTF8")
-        server.run("pg_ctl", "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w", "-t", "30", "start")
-        started = True
+    """A PostgreSQL server on 127.0.0.1:<free port>, data and socket in a temporary directory, trust auth."""
+    with postgres_server() as server:
         yield server
-    finally:
-        if started or (data / "postmaster.pid").exists():
-            server.run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

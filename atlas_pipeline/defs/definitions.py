@@ -15,6 +15,7 @@ from atlas_pipeline.defs.market_data.assets import build_ohlcv_asset
 from atlas_pipeline.defs.market_data.funding import build_funding_asset
 from atlas_pipeline.defs.market_data.partitions import swap_markets
 from atlas_pipeline.defs.market_data.perp_schedules import perp_daily_schedule, perp_job
+from atlas_pipeline.defs.market_data.backfills import ohlcv_backfill_job, ohlcv_backfill_sensor
 from atlas_pipeline.defs.market_data.schedules import ohlcv_job, ohlcv_schedules
 from atlas_pipeline.defs.research.automation import research_automation_sensor
 from atlas_pipeline.defs.research.assets import build_backtest_assets, build_leaderboard_asset, build_walkforward_asset
@@ -37,8 +38,9 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
     every_backtest = [*backtests.backtests.values(), *adhoc.values()]
     metadata_file = metadata_path(config_dir or default_config_dir())
     assets: list[dg.AssetsDefinition] = []
-    jobs: list[dg.UnresolvedAssetJobDefinition] = []
+    jobs: list[dg.UnresolvedAssetJobDefinition | dg.JobDefinition] = []
     schedules: list[dg.ScheduleDefinition] = []
+    sensors: list[dg.SensorDefinition] = [dead_runs_sensor()]
     for settings in exchanges.exchanges.values():
         assets.extend(build_ohlcv_asset(settings, timeframe, metadata_file) for timeframe in settings.timeframes)
         if swap_markets(settings):  # perpetual swaps: their mark prices and funding too
@@ -47,7 +49,9 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
             jobs.append(perp_job(settings))
             schedules.append(perp_daily_schedule(settings, jobs[-1]))
         job = ohlcv_job(settings)
-        jobs.append(job)
+        backfill_job = ohlcv_backfill_job(settings)
+        jobs.extend([job, backfill_job])
+        sensors.append(ohlcv_backfill_sensor(settings, backfill_job, job))
         schedules.extend(ohlcv_schedules(settings, job))
     for backtest in every_backtest:
         assets.extend(build_backtest_assets(backtest, exchanges.get(backtest.exchange)))
@@ -62,7 +66,7 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         jobs=jobs,
         schedules=schedules,
         sensors=[
-            dead_runs_sensor(),
+            *sensors,
             *([research_automation_sensor(backtests.backtests.values(), exchanges.exchanges)] if backtests.backtests else []),
         ],
         resources={"candle_store": resource},
