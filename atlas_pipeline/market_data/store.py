@@ -4,7 +4,9 @@ Layout, under ``<root>/ohlcv/<exchange>/<symbol_key>/<timeframe>/``:
 
 - ``<period>.parquet``: the candles of one period (``2024`` for a year, ``2024-03`` for a month,
   ``2024-03-05`` for a day), plus, in the file's Parquet key-value metadata (key ``atlas``), the
-  bookkeeping of every day stored in it, empty days included: rows, first/last timestamp, complete.
+  bookkeeping of every day stored in it, empty days included: rows, first/last timestamp, complete,
+  and (when the writer gave one) the day's source: ``rest``, or ``archive:<path>#<sha256>`` for
+  a day taken from a verified file of the exchange's public archive (``provenance``).
   Data and bookkeeping therefore change together in one atomic rename, and ``coverage`` reads
   footers only. The period is the longest of year/month/day whose file stays within
   ``_MAX_FILE_ROWS`` candles: year for >= 5m, month for 30s..4m, day below. Measured over 9 years
@@ -132,6 +134,8 @@ class DayStatus:
     first_timestamp: int | None
     last_timestamp: int | None
     complete: bool
+    source: str | None = None
+    """Where the day's candles came from (``rest``, ``archive:<path>#<sha256>``); None: not recorded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -708,23 +712,27 @@ class CandleStore:
         days: Mapping[dt.date, pd.DataFrame],
         *,
         complete: bool | Mapping[dt.date, bool],
+        sources: str | Mapping[dt.date, str] | None = None,
     ) -> None:
         """Replace several days at once, rewriting each period file once (a backfill's write).
 
+        ``sources``: each day's provenance (one for all, or per day; None: not recorded), kept in
+        the file's bookkeeping beside the day and read back by ``provenance``/``day_status``.
         Every day is checked before anything is written, so a bad day writes nothing. A corrupt
         period file in the way is quarantined (with a warning naming it) rather than failing every
         write forever: the new days are written, its other days are then not stored.
         """
         folder = self._series_dir(exchange, symbol, timeframe)
-        by_file: dict[str, dict[dt.date, tuple[dict[str, np.ndarray], bool]]] = {}
+        by_file: dict[str, dict[dt.date, tuple[dict[str, np.ndarray], bool, str | None]]] = {}
         for raw_day, frame in days.items():
             day = _as_day(raw_day)
             label = _label(exchange, symbol, timeframe, day)
             flag = _complete_flag(complete, raw_day, day, label)
+            source = _source_of(sources, raw_day, day, label)
             group = by_file.setdefault(_period_name(timeframe, day), {})
             if day in group:
                 raise ValueError(f"{label}: given twice")
-            group[day] = (_checked_arrays(frame, day, label), flag)
+            group[day] = (_checked_arrays(frame, day, label), flag, source)
         if not by_file:
             return
         with self._io.lock(folder):
@@ -735,7 +743,7 @@ class CandleStore:
                 self._rewrite(folder, file, file.name in present, by_file[name])
 
     def _rewrite(
-        self, folder: str, file: _File, exists: bool, new_days: dict[dt.date, tuple[dict[str, np.ndarray], bool]]
+        self, folder: str, file: _File, exists: bool, new_days: dict[dt.date, tuple[dict[str, np.ndarray], bool, str | None]]
     ) -> None:
         """Read-modify-write one period file: drop the replaced days' rows, add the new ones."""
         path = f"{folder}/{file.name}"
@@ -749,10 +757,10 @@ class CandleStore:
             keep = ~np.isin(old_ts // DAY_MS, replaced)
             for c in CANDLE_COLUMNS:
                 parts[c].append(old.table.column(c).to_numpy()[keep])
-        for day, (arrays, flag) in new_days.items():
+        for day, (arrays, flag, source) in new_days.items():
             ts = arrays["timestamp"]
             first, last = (int(ts[0]), int(ts[-1])) if len(ts) else (None, None)
-            bookkeeping[day.isoformat()] = [len(ts), first, last, flag]
+            bookkeeping[day.isoformat()] = [len(ts), first, last, flag] + ([source] if source is not None else [])
             for c in CANDLE_COLUMNS:
                 parts[c].append(arrays[c])
         columns = {c: np.concatenate(parts[c]) for c in CANDLE_COLUMNS}
@@ -850,6 +858,27 @@ class CandleStore:
                 "first_timestamp": pd.Series([s.first_timestamp for s in statuses], dtype="Int64"),
                 "last_timestamp": pd.Series([s.last_timestamp for s in statuses], dtype="Int64"),
                 "complete": pd.Series([s.complete for s in statuses], dtype=bool),
+            }
+        )
+
+    def provenance(
+        self,
+        exchange: str,
+        symbol: str,
+        timeframe: str,
+        start: TimeLike | None = None,
+        end: TimeLike | None = None,
+    ) -> pd.DataFrame:
+        """Where each stored day overlapping ``[start, end)`` came from, from footers only.
+
+        Columns: day (datetime.date), source (str: ``rest``, or ``archive:<path>#<sha256>`` for a
+        day taken from a checksum-verified public archive file; None for days written without one).
+        """
+        statuses = self._statuses(exchange, symbol, timeframe, start, end)
+        return pd.DataFrame(
+            {
+                "day": pd.Series([s.day for s in statuses], dtype=object),
+                "source": pd.Series([s.source for s in statuses], dtype=object),
             }
         )
 
@@ -1085,11 +1114,11 @@ class CandleStore:
         lo, hi = _bounds(start, end)
         statuses = []
         for f in self._files(folder, timeframe, lo, hi):
-            for iso, (rows, first, last, complete) in (self._footer_days(f"{folder}/{f.name}", f) or {}).items():
+            for iso, (rows, first, last, complete, *source) in (self._footer_days(f"{folder}/{f.name}", f) or {}).items():
                 day = dt.date.fromisoformat(iso)
                 day_ms = day_start_ms(day)
                 if day_ms + DAY_MS > lo and day_ms < hi:
-                    statuses.append(DayStatus(day, rows, first, last, complete))
+                    statuses.append(DayStatus(day, rows, first, last, complete, source[0] if source else None))
         return statuses
 
     def _series_info(self, folder: str) -> dict:
@@ -1166,6 +1195,13 @@ def _parse_series_info(path: str, text: str, key: str) -> tuple[dict, bool]:
     if crc != _series_crc(info):
         raise CorruptStoreFile(path, "content does not match its crc")
     return info, True
+
+
+def _source_of(sources: str | Mapping[dt.date, str] | None, raw_day: object, day: dt.date, label: str) -> str | None:
+    source = sources.get(raw_day, sources.get(day)) if isinstance(sources, Mapping) else sources
+    if source is not None and not (isinstance(source, str) and source):
+        raise ValueError(f"{label}: source must be a non-empty string, got {source!r}")
+    return source
 
 
 def _complete_flag(complete: bool | Mapping[dt.date, bool], raw_day: object, day: dt.date, label: str) -> bool:
