@@ -48,7 +48,6 @@ _PATH = re.compile(
 )
 _NOT_FOUND = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>'
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
-_CACHE_FILES = 8
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,8 @@ class BinanceArchiveApi:
     daily_lag_ms: int = DAY_MS // 2
     missing: set[str] = field(default_factory=set)
     header_from: dict[str, dt.date | None] = field(default_factory=lambda: {"spot": None, "futures/um": dt.date(2022, 1, 1)})
+    cache_files: int = 8
+    """Built zips kept in memory (a fetch asks for a file's .CHECKSUM, then its zip)."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -134,7 +135,7 @@ class BinanceArchiveApi:
         zipped = self._build(market, symbol, match["id"], timeframe, period, start, end, set(content))
         with self._lock:
             self._files[key] = zipped
-            while len(self._files) > _CACHE_FILES:
+            while len(self._files) > self.cache_files:
                 self._files.popitem(last=False)
         return zipped
 

@@ -117,6 +117,12 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "AtlasEmulator/1.0"
     server: _HTTPServer
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out as two writes; without TCP_NODELAY the second waits for the
+        # client's delayed ACK (40 ms a reply on Linux). Real API servers set it too.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self) -> None:
         self.server.emulator._handle(self, "GET")
 

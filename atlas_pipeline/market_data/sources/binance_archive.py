@@ -33,9 +33,12 @@ import io
 import logging
 import re
 import tempfile
+import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -140,7 +143,9 @@ class BinanceArchive:
     """Downloads, verifies and parses archive files of one market kind (``spot`` or ``futures/um``).
 
     ``base_url``: scheme and host (the public archive, or the emulator, which serves the same
-    layout). One ``requests.Session`` (kept-alive connections) per instance.
+    layout). One ``requests.Session`` (kept-alive connections) per thread; ``fetch_all`` fetches
+    ``workers`` files at a time: downloading, hashing, inflating and parsing all release the GIL,
+    so one file's download overlaps another's parse.
     """
 
     def __init__(
@@ -150,6 +155,7 @@ class BinanceArchive:
         *,
         timeout_seconds: float = 30.0,
         max_retries: int = 3,
+        workers: int = 3,
         log: Any = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -160,9 +166,16 @@ class BinanceArchive:
         self.timeout_seconds = timeout_seconds
         self.max_retries = max_retries
         self.log = log or logging.getLogger(__name__)
+        self.workers = workers
         self._sleep = sleep
-        self._session = requests.Session()
-        self.downloads = 0
+        self._local = threading.local()
+
+    @property
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/data/{path}"
@@ -172,6 +185,20 @@ class BinanceArchive:
 
     def daily(self, market_id: str, timeframe: str, day: dt.date) -> ArchiveFile:
         return self.fetch(file_path(self.market, market_id, timeframe, day.isoformat()))
+
+    def fetch_all(self, paths: list[str]) -> list[ArchiveFile | ArchiveMissing]:
+        """Each of ``paths`` as ``fetch`` answers it, in order, ``workers`` at a time; a file the
+        archive lacks is its ``ArchiveMissing``; any other failure raises (the first in order)."""
+        if len(paths) < 2 or self.workers < 2:
+            return [self._fetch_or_missing(path) for path in paths]
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(paths)), thread_name_prefix="archive") as pool:
+            return list(pool.map(self._fetch_or_missing, paths))
+
+    def _fetch_or_missing(self, path: str) -> ArchiveFile | ArchiveMissing:
+        try:
+            return self.fetch(path)
+        except ArchiveMissing as missing:
+            return missing
 
     def published_checksum(self, path: str) -> str:
         """The SHA-256 the archive publishes now for ``path`` (its ``.CHECKSUM``; ``ArchiveMissing`` if none)."""
@@ -229,7 +256,6 @@ class BinanceArchive:
             for block in response.iter_content(_CHUNK):
                 digest.update(block)
                 spool.write(block)
-        self.downloads += 1
         return digest.hexdigest()
 
     def _retrying(self, path: str, call: Callable[[], Any]) -> Any:
@@ -267,22 +293,22 @@ def parse_klines_zip(path: str, data: IO[bytes], start_ms: int, end_ms: int, mic
             members = [m for m in archive.infolist() if m.filename.endswith(".csv")]
             if len(members) != 1:
                 raise ArchiveFileRejected(path, f"holds {len(members)} CSV files, expected one")
-            raw = archive.read(members[0])
-    except (zipfile.BadZipFile, EOFError, OSError) as error:
+            with archive.open(members[0]) as csv:
+                head = csv.peek(1 << 16)[: 1 << 16] if hasattr(csv, "peek") else b""
+                lines = head.split(b"\n", 2)
+                header = lines[0].startswith(b"open_time")
+                sample = lines[1] if header and len(lines) > 1 else lines[0]
+                if sample.strip() and sample.count(b",") + 1 != len(CSV_COLUMNS):
+                    columns = sample.count(b",") + 1
+                    raise ArchiveFileRejected(path, f"CSV rows have {columns} columns, Binance klines have {len(CSV_COLUMNS)}")
+                # pyarrow reads the member as it is inflated: no copy of the whole CSV in memory
+                table = pacsv.read_csv(
+                    csv,
+                    read_options=pacsv.ReadOptions(column_names=list(CSV_COLUMNS), skip_rows=1 if header else 0, block_size=1 << 22),
+                    convert_options=_CONVERT,
+                )
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as error:
         raise ArchiveFileRejected(path, f"truncated or broken zip ({type(error).__name__}: {error})") from error
-    head, _, rest = raw.partition(b"\n")
-    header = head.startswith(b"open_time")
-    sample = rest.partition(b"\n")[0] if header else head
-    if sample.strip():
-        columns = sample.count(b",") + 1
-        if columns != len(CSV_COLUMNS):
-            raise ArchiveFileRejected(path, f"CSV rows have {columns} columns, Binance klines have {len(CSV_COLUMNS)}")
-    try:
-        table = pacsv.read_csv(
-            io.BytesIO(raw),
-            read_options=pacsv.ReadOptions(column_names=list(CSV_COLUMNS), skip_rows=1 if header else 0),
-            convert_options=_CONVERT,
-        )
     except pa.ArrowInvalid as error:
         raise ArchiveFileRejected(path, f"unreadable CSV: {error}") from error
     stamps = table.column("open_time").to_numpy()
