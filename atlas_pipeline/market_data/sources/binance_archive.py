@@ -309,7 +309,7 @@ def parse_klines_zip(path: str, data: IO[bytes], start_ms: int, end_ms: int, mic
                 )
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as error:
         raise ArchiveFileRejected(path, f"truncated or broken zip ({type(error).__name__}: {error})") from error
-    except pa.ArrowInvalid as error:
+    except pa.ArrowException as error:  # a bad row, or the member failing its CRC while read
         raise ArchiveFileRejected(path, f"unreadable CSV: {error}") from error
     stamps = table.column("open_time").to_numpy()
     if len(stamps):
