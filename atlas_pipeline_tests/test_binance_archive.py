@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import os
 import zipfile
 from pathlib import Path
 

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from atlas_pipeline.market_data.candles import DAY_MS, day_start_ms, timeframe_ms
+from atlas_pipeline.market_data.emulator.binance_api import derived_columns
 from atlas_pipeline.market_data.emulator.faults import FaultRule
 from atlas_pipeline.market_data.emulator.sources import CandleSource, UnknownSymbol, UnsupportedTimeframe
 from atlas_pipeline.market_data.sources.binance_archive import CSV_COLUMNS, expects_microseconds, period_bounds
@@ -180,7 +181,7 @@ def klines_csv(
     period_end: int | None = None,
 ) -> bytes:
     """Binance archive CSV rows for candles (``values``: open, high, low, close, volume). Derived
-    columns follow the emulator's klines rows (``binance_api.kline_rows``); floats are written
+    columns are the klines rows' (``binance_api.derived_columns``); floats are written
     as Arrow's shortest round-trip text, so a reader gets the source's float64 values exactly."""
     stamps = stamps.copy()
     values = values.copy()
@@ -188,23 +189,13 @@ def klines_csv(
         stamps[-1] = period_end  # the next period's first candle
     if "altered" in faults and len(stamps):
         values[0, 4] += 1.0  # a wrong volume of the first candle: a valid candle, only not the true one
-    volume = values[:, 4]
-    quote = np.round(volume * values[:, 1:4].mean(axis=1), 8)
     scale = 1000 if microseconds else 1
-    columns = {
-        "open_time": stamps * scale,
-        "open": values[:, 0],
-        "high": values[:, 1],
-        "low": values[:, 2],
-        "close": values[:, 3],
-        "volume": volume,
-        "close_time": (stamps + tf_ms) * scale - 1,
-        "quote_volume": quote,
-        "count": np.where(volume > 0, np.sqrt(volume) * 7 + 1, 0).astype("int64"),
-        "taker_buy_volume": np.round(volume / 2, 8),
-        "taker_buy_quote_volume": np.round(quote / 2, 8),
-        "ignore": np.zeros(len(stamps), dtype="int64"),
-    }
+    quote, count, taker_base, taker_quote = derived_columns(values)
+    arrays = [
+        stamps * scale, values[:, 0], values[:, 1], values[:, 2], values[:, 3], values[:, 4],
+        (stamps + tf_ms) * scale - 1, quote, count, taker_base, taker_quote, np.zeros(len(stamps), dtype="int64"),
+    ]
+    columns = dict(zip(CSV_COLUMNS, arrays))
     if "wrong_columns" in faults:
         del columns["ignore"]
     sink = io.BytesIO()
