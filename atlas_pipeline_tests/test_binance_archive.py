@@ -324,3 +324,23 @@ def test_asset_records_provenance_and_a_corrected_file_is_picked_up(emulator, tm
         out = io.StringIO()
         assert verify_archive_days(store, None, None, None, repair=False, instance=lambda: instance, out=out) is None
         assert "1 archive file(s) checked, every stored day matches" in out.getvalue()
+
+
+def test_store_keeps_each_days_source_across_rewrites(tmp_path):
+    """Provenance lives in the footer beside each day: rewriting one day of a file keeps the others'."""
+    store = CandleStore(tmp_path)
+    frame = lambda day: pd.DataFrame(  # noqa: E731 - one candle at the day's start
+        {"timestamp": [day_start_ms(day)], "open": [1.0], "high": [2.0], "low": [0.5], "close": [1.5], "volume": [3.0]}
+    )
+    d1, d2, d3 = dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3)
+    archive = "archive:spot/monthly/klines/BTCUSDT/1h/BTCUSDT-1h-2024-03.zip#" + "a" * 64
+    store.write_days("binance", MARKET, "1h", {d1: frame(d1), d2: frame(d2)}, complete=True, sources=archive)
+    store.write_days("binance", MARKET, "1h", {d2: frame(d2), d3: frame(d3)}, complete=True, sources={d2: "rest", d3: "rest"})
+    store.write_day("binance", MARKET, "1h", dt.date(2024, 3, 4), frame(dt.date(2024, 3, 4)), complete=True)
+    assert store.provenance("binance", MARKET, "1h").values.tolist() == [
+        [d1, archive], [d2, "rest"], [d3, "rest"], [dt.date(2024, 3, 4), None]
+    ]
+    assert store.day_status("binance", MARKET, "1h", d1).source == archive
+    assert store.verify() == []
+    with pytest.raises(ValueError, match="source must be a non-empty string"):
+        store.write_days("binance", MARKET, "1h", {d1: frame(d1)}, complete=True, sources={d1: ""})
