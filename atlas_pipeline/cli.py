@@ -159,11 +159,12 @@ def cmd_verify(args: argparse.Namespace) -> None:
     """Check every candle file; with --repair quarantine bad ones and refetch their days."""
     from atlas_pipeline.commands.progress_bars import progress_bars
     from atlas_pipeline.market_data.store import CandleStore, CorruptStoreFile
-    from atlas_pipeline.store_repair import verify_store
+    from atlas_pipeline.store_repair import verify_archive_days, verify_store
 
+    check = verify_archive_days if args.archive else verify_store
     try:
         with progress_bars():  # a repair refetches through the OHLCV asset
-            failure = verify_store(
+            failure = check(
                 CandleStore(), args.exchange, args.symbol, args.timeframe, repair=args.repair, instance=dagster_instance
             )
     except CorruptStoreFile as error:
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--symbol", help="only this market, e.g. BTC/USDT")
     verify.add_argument("--timeframe", help="only this timeframe, e.g. 1h")
     verify.add_argument("--repair", action="store_true", help="quarantine bad files, refetch their days through the OHLCV asset")
+    verify.add_argument("--archive", action="store_true", help="instead: check days taken from the public archive against its current checksums (--repair refetches changed files' days)")
     verify.set_defaults(handler=cmd_verify)
 
     emulator = commands.add_parser("emulator", help="serve a Binance- or OKX-compatible REST API on loopback")

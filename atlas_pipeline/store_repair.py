@@ -1,4 +1,7 @@
-"""``atlas verify [--repair]``: check every candle file; quarantine bad ones and refetch their days.
+"""``atlas verify [--archive] [--repair]``: check every candle file; quarantine bad ones and refetch
+their days. With ``--archive``: check every stored day taken from the exchange's public archive
+against the checksum the archive publishes now, and refetch the days of files that changed (a
+corrected file keeps its name and gets a new checksum).
 
 Refetching goes through the OHLCV asset (``materialize_ohlcv_range`` with ``full_refresh``), one run
 per consecutive range of affected days, so repaired partitions are recorded in Dagster like any
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 from atlas_pipeline.market_data.candles import consecutive_ranges, symbol_key
+from atlas_pipeline.market_data.sources.binance_archive import ArchiveError, ArchiveMissing, BinanceArchive, parse_provenance
 from atlas_pipeline.market_data.store import CandleStore, CorruptStoreFile, StoreProblem
 
 if TYPE_CHECKING:
@@ -77,6 +81,76 @@ def verify_store(
         return "; ".join(failures) or f"{summary(remaining)} file(s) left after repair"
     print(f"atlas verify: repaired {summary(problems)} file(s)", file=out)
     return None
+
+
+def verify_archive_days(
+    store: CandleStore,
+    exchange: str | None,
+    symbol: str | None,
+    timeframe: str | None,
+    *,
+    repair: bool,
+    instance: Callable[[], dg.DagsterInstance],
+    out: TextIO = sys.stdout,
+) -> str | None:
+    """Compare each archive file stored days came from with the checksum the archive publishes now.
+
+    One ``.CHECKSUM`` request per distinct file (not per day). A changed checksum means the archive
+    corrected the file: its days are refetched (``repair``) through the OHLCV asset with
+    ``full_refresh``, which downloads and verifies the new file. A file no longer published is
+    reported and its days kept. Returns why the command fails, None if not."""
+    from atlas_pipeline.config import load_exchanges_config
+
+    config = load_exchanges_config()
+    refetch: list[_Refetch] = []
+    problems: list[str] = []
+    files = 0
+    for series in store.series(exchange):
+        if (symbol is not None and series.symbol != symbol) or (timeframe is not None and series.timeframe != timeframe):
+            continue
+        by_file: dict[tuple[str, str], list[dt.date]] = {}
+        for day, source in store.provenance(*series).itertuples(index=False):
+            parsed = parse_provenance(source or "")
+            if parsed is not None:
+                by_file.setdefault(parsed, []).append(day)
+        if not by_file:
+            continue
+        try:
+            settings = config.get(series.exchange)
+        except KeyError:
+            problems.append(f"{series.exchange}: not configured, its archive days were not checked")
+            continue
+        url = settings.archive_url or settings.effective_archive_url
+        if url is None:
+            problems.append(f"{series.exchange}: no archive_url configured, its archive days were not checked")
+            continue
+        archive = BinanceArchive(url, timeout_seconds=settings.timeout_seconds, max_retries=settings.max_retries)
+        entry = _Refetch(series.exchange, symbol_key(series.symbol), series.timeframe, series.symbol)
+        for (path, stored), days in sorted(by_file.items()):
+            files += 1
+            try:
+                published = archive.published_checksum(path)
+            except ArchiveMissing:
+                print(f"no longer published: {path} ({len(days)} stored days kept)", file=out)
+                continue
+            except ArchiveError as error:
+                problems.append(str(error))
+                continue
+            if published != stored:
+                print(f"changed archive file {path}: stored days came from sha256 {stored}, the archive now "
+                      f"publishes {published} ({len(days)} days {days[0]}..{days[-1]})", file=out)
+                entry.days.update(days)
+        if entry.days:
+            refetch.append(entry)
+    changed = sum(len(entry.days) for entry in refetch)
+    if not refetch and not problems:
+        print(f"atlas verify --archive: {files} archive file(s) checked, every stored day matches its published checksum", file=out)
+        return None
+    if refetch and not repair:
+        problems.append(f"{changed} stored day(s) come from archive files that changed; `atlas verify --archive --repair` refetches them")
+    elif refetch:
+        problems += _refetch(refetch, instance, out)
+    return "; ".join(problems) or None
 
 
 def _quarantine_or_upgrade(store: CandleStore, problems: list[StoreProblem], out: TextIO) -> list[_Refetch]:

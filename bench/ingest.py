@@ -1,7 +1,18 @@
 """Ingest speed: a 2017 -> today single-run backfill through the Dagster asset, against its floors.
 
-Run: ``.venv/bin/python bench/ingest.py [--symbol BTC/USDT] [--timeframe 1h] [--start 2017-01-01]
-[--postgres-url URL] [--only-cli]``. One run prints:
+Run: ``.venv/bin/python bench/ingest.py [--source rest|archive] [--symbol BTC/USDT] [--timeframe 1h]
+[--start 2017-01-01] [--postgres-url URL] [--only-cli]``.
+
+``--source archive`` (timeframe default 1m): the same backfill through the asset twice in one run,
+once with ``history_source: archive`` (Binance's public archive as the emulator serves it: monthly
+and daily files, REST for the tail) and once with ``history_source: rest``, each on a fresh SQLite
+instance and store. Prints both wall times and their ratio (bar: archive >= 5x faster), the
+archive's download+verify+parse rate (bar: >= 1M candles/s) and whether the two stores hold the
+same candles (exit 1 if not). The archive is static files on the real exchange, so the emulator
+builds every file of the range once before the timed runs; REST pages are built per request, as
+the real exchange computes its answers.
+
+``--source rest`` (the default) prints:
 (a) the wall time of the real OHLCV asset (``materialize_ohlcv_range``: one range run for one market)
     on a fresh SQLite Dagster instance and a fresh candle store, ccxt talking to a synthetic emulator
     with rate limiting off;
@@ -99,10 +110,12 @@ class PipelineRun:
     store_root: str
     started_ms: int
     stages: dict[str, float]
+    metadata: dict[str, Any]
 
 
-def bench_config(folder: Path, api_url: str, symbol: str, timeframe: str, start: dt.date) -> Path:
-    """The demo's config (ccxt -> emulator, no request interval), narrowed to this timeframe and start."""
+def bench_config(folder: Path, api_url: str, symbol: str, timeframe: str, start: dt.date, **settings: Any) -> Path:
+    """The demo's config (ccxt -> emulator, no request interval), narrowed to this timeframe and
+    start; ``settings`` added to the exchange entry."""
     write_demo_config(folder, api_url)
     path = folder / "exchanges.yaml"
     config = yaml.safe_load(path.read_text())
@@ -111,6 +124,7 @@ def bench_config(folder: Path, api_url: str, symbol: str, timeframe: str, start:
     entry["timeframes"] = [timeframe]
     entry["history_start"] = start.isoformat()
     entry["min_request_interval_ms"] = 0
+    entry.update(settings)
     path.write_text(yaml.safe_dump(config))
     return folder
 
@@ -155,7 +169,7 @@ def run_pipeline(
         for name, value in metadata.items()
         if name.startswith("seconds_")
     }
-    return PipelineRun(seconds, str(store_root), started_ms, stages)
+    return PipelineRun(seconds, str(store_root), started_ms, stages, {k: v.value for k, v in metadata.items()})
 
 
 def noop_definitions(settings: ExchangeSettings) -> dg.Definitions:
@@ -394,17 +408,96 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     return 1 if failed else 0
 
 
+ARCHIVE_SPEEDUP_BAR = 5.0
+ARCHIVE_RATE_BAR = 1_000_000  # candles/s downloaded, verified and parsed
+
+
+def publish_archive(emulator: Any, symbol: str, timeframe: str, start: dt.date, today: dt.date) -> int:
+    """Build every archive file of the range in the emulator (untimed: the real archive is static
+    files); returns how many exist."""
+    from atlas_pipeline.market_data.emulator.binance_api import market_id
+    from atlas_pipeline.market_data.sources.binance_archive import SPOT, file_path
+
+    emulator.archive.cache_files = 1_000_000
+    now = time.time_ns() // 1_000_000
+    periods = sorted({f"{d:%Y-%m}" for d in pd.date_range(start, today, freq="D")} | {
+        d.date().isoformat() for d in pd.date_range(today.replace(day=1), today, freq="D")
+    })
+    published = 0
+    for period in periods:
+        path = f"/data/{file_path(SPOT, market_id(symbol), timeframe, period)}"
+        published += emulator.archive.answer(path, (), now).status == 200
+    return published
+
+
+def bench_sources(args: argparse.Namespace, work: Path) -> int:
+    """``--source archive``: archive vs REST through the asset, one run each (module docstring)."""
+    today = dt.datetime.now(dt.UTC).date()
+    timeframe = args.timeframe or "1m"
+    with build_emulator(synthetic_seed=DEMO_SEED, port=0) as emulator:
+        began = time.perf_counter()
+        files = publish_archive(emulator, args.symbol, timeframe, args.start, today)
+        print(f"emulator archive: {files} files built in {time.perf_counter() - began:.1f} s (untimed)", flush=True)
+        backfills = {}
+        for source in ("archive", "rest"):
+            folder = bench_config(
+                work / f"config-{source}", emulator.base_url, args.symbol, timeframe, args.start,
+                history_source=source, **({"archive_url": emulator.base_url} if source == "archive" else {}),
+            )
+            settings = load_exchanges_config(folder).get(EXCHANGE)
+            backfills[source] = Backfill(args.symbol, timeframe, args.start, today + dt.timedelta(days=1), settings, folder)
+        print(f"backfill {args.start}..{today} {args.symbol} {timeframe} ({backfills['rest'].partitions:,} partitions; "
+              f"emulator seed {DEMO_SEED}, rate limit off)", flush=True)
+        runs = {}
+        for source, backfill in backfills.items():
+            with sqlite_instance(work / f"warm-up-{source}") as instance:
+                run_pipeline(backfill, instance, work / f"warm-up-store-{source}", backfill.end - dt.timedelta(days=WARM_UP_DAYS))
+            with sqlite_instance(work / f"dagster-{source}") as instance:
+                runs[source] = run_pipeline(backfill, instance, work / f"store-{source}")
+            print(f"  {source}: {runs[source].seconds:.1f} s", flush=True)
+    archive, rest = runs["archive"], runs["rest"]
+    stored = {s: CandleStore(r.store_root).read(EXCHANGE, args.symbol, timeframe) for s, r in runs.items()}
+    last = min(int(frame["timestamp"].iloc[-1]) for frame in stored.values())
+    a, r = (stored[s][stored[s]["timestamp"] <= last].reset_index(drop=True) for s in ("archive", "rest"))
+    same = a.equals(r)
+    speedup = rest.seconds / archive.seconds
+    candles = int(archive.metadata.get("archive_candles", 0))
+    archive_seconds = archive.stages.get("archive", 0.0)
+    rate = candles / archive_seconds if archive_seconds else 0.0
+    print(f"  {len(a):,} candles stored by each (up to the last candle both have)")
+    _line("archive backfill (Dagster asset, SQLite)", archive.seconds,
+          f"{int(archive.metadata.get('archive_files', 0))} files, {candles:,} candles from the archive")
+    _line("REST backfill (Dagster asset, SQLite)", rest.seconds, f"{int(rest.metadata.get('requests', 0)):,} requests")
+    print(f"  REST / archive = {speedup:.1f}x (bar >= {ARCHIVE_SPEEDUP_BAR:g}x{'' if speedup >= ARCHIVE_SPEEDUP_BAR else ': MISSED'})")
+    print(f"  archive download+verify+parse: {archive_seconds:.2f} s, {rate:,.0f} candles/s "
+          f"(bar >= {ARCHIVE_RATE_BAR:,}{'' if rate >= ARCHIVE_RATE_BAR else ': MISSED'})")
+    own = {label: sum(run.stages.values()) for label, run in (("archive", archive), ("REST", rest))}
+    print(f"  Atlas's own stages (wall time minus Dagster bookkeeping): archive {own['archive']:.1f} s, "
+          f"REST {own['REST']:.1f} s, REST / archive = {own['REST'] / own['archive']:.1f}x")
+    for label, run in (("archive", archive), ("REST", rest)):
+        stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in run.stages.items())
+        print(f"  {label} stages (ingest_days): {stages}; Dagster bookkeeping {run.seconds - sum(run.stages.values()):.1f} s")
+    print(f"  stored candles identical: {'yes' if same else 'NO'}")
+    return 0 if same else 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--source", choices=("rest", "archive"), default="rest",
+                        help="archive: archive vs REST backfill through the asset (default timeframe 1m)")
     parser.add_argument("--symbol", default="BTC/USDT")
-    parser.add_argument("--timeframe", default="1h")
+    parser.add_argument("--timeframe", default=None, help="default 1h (1m with --source archive)")
     parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2017, 1, 1))
     parser.add_argument("--postgres-url", help="also run (a) and (b) on a dagster-postgres instance")
     parser.add_argument("--only-cli", action="store_true", help="only (d): atlas fetch's peak RSS and first progress line")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="atlas-ingest-bench-") as work:
         try:
-            code = bench(args, Path(work))
+            if args.source == "archive":
+                code = bench_sources(args, Path(work))
+            else:
+                args.timeframe = args.timeframe or "1h"
+                code = bench(args, Path(work))
         except BenchFailed as error:
             print(f"bench failed: {error}", file=sys.stderr)
             code = 1

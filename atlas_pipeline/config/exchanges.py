@@ -12,6 +12,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import ccxt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +21,7 @@ from atlas_pipeline.config.errors import MISSING, ConfigError, FieldError
 from atlas_pipeline.config.loading import read_section, validation_error_to_config_error
 from atlas_pipeline.config.paths import config_dir
 from atlas_pipeline.market_data.candles import timeframe_ms
+from atlas_pipeline.market_data.sources.binance_archive import ARCHIVE_URLS
 
 EXCHANGES_FILE = "exchanges.yaml"
 DEFAULT_HISTORY_START = dt.date(2017, 1, 1)
@@ -90,6 +92,14 @@ class ExchangeSettings(BaseModel):
     api_secret_env: str | None = None
     metadata_top_n: int = Field(default=20, ge=1)
     """How many markets the ``exchange_metadata/<exchange>`` asset ranks by 24h quote volume."""
+    history_source: Literal["archive", "rest"] | None = None
+    """Where closed history comes from: ``archive`` (the exchange's public data archive, checksummed
+    files; REST only for the tail it lacks) or ``rest``. Default: archive where the exchange has one
+    and its address is known (see ``archive_url``), else rest."""
+    archive_url: str | None = None
+    """Scheme and host of the public archive (default: the exchange's own, e.g.
+    https://data.binance.vision). With ``api_url`` set, the archive is used only if this is set too
+    (the emulator serves both at one URL)."""
 
     @field_validator("id")
     @classmethod
@@ -127,7 +137,7 @@ class ExchangeSettings(BaseModel):
             raise ValueError("is in the future")
         return value
 
-    @field_validator("api_url")
+    @field_validator("api_url", "archive_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
@@ -171,6 +181,27 @@ class ExchangeSettings(BaseModel):
         if self.request_limit is not None and maximum and self.request_limit > maximum:
             raise FieldError("request_limit", self.request_limit, f"{self.id} returns at most {maximum}")
         return self
+
+    @model_validator(mode="after")
+    def _archive_reachable(self) -> ExchangeSettings:
+        if self.history_source == "archive":
+            if self.id not in ARCHIVE_URLS:
+                raise FieldError("history_source", "archive", f"{self.id} has no public archive Atlas reads (archives: {sorted(ARCHIVE_URLS)})")
+            if self.api_url and not self.archive_url:
+                raise FieldError(
+                    "history_source", "archive",
+                    "api_url points REST at another host: set archive_url too (the emulator serves the archive at its own URL)",
+                )
+        return self
+
+    @property
+    def effective_archive_url(self) -> str | None:
+        """The archive closed history is taken from; None: REST only (``history_source``)."""
+        if self.history_source == "rest" or self.id not in ARCHIVE_URLS:
+            return None
+        if self.archive_url:
+            return self.archive_url
+        return None if self.api_url else ARCHIVE_URLS[self.id]
 
     @cached_property
     def effective_request_limit(self) -> int:

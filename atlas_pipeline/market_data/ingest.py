@@ -8,7 +8,11 @@ the CLI and notebooks share it. For each requested day it decides what is needed
   stored one and merged (the delta update);
 - days before the market's first candle are stored empty and complete, with no request (the
   cached first candle is checked with the exchange before it is trusted for that);
-- everything else is fetched, consecutive days in one paged range.
+- everything else is fetched: with an archive (``archive_plan``), closed months and days from the
+  exchange's checksummed public archive files and the rest (the tail it lacks yet, and what it
+  answers 404 for) through REST; consecutive REST days in one paged range.
+
+Every stored day records its source (``rest`` or ``archive:<path>#<sha256>``) in the store.
 
 Long ranges go in chunks of at most ``CHUNK_CANDLES`` candles (whole months): each chunk is
 fetched, validated and written before the next starts, so memory stays bounded, progress is
@@ -32,6 +36,7 @@ import ccxt
 import pandas as pd
 
 from atlas_pipeline import progress
+from atlas_pipeline.market_data.archive_plan import REST, fetch_from_archive
 from atlas_pipeline.market_data.candles import (
     DAY_MS,
     candles_per_day,
@@ -44,6 +49,7 @@ from atlas_pipeline.market_data.candles import (
     timeframe_ms,
 )
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeRequestError, Logger
+from atlas_pipeline.market_data.sources.binance_archive import ArchiveError, BinanceArchive
 from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.market_data.validation import CheckOutcome, missing_candles, validate_candles
 
@@ -57,6 +63,8 @@ class DayReport:
     fetched: bool
     first_timestamp: int | None
     last_timestamp: int | None
+    source: str | None = None
+    """Where a fetched day came from (``rest``, ``archive:<path>#<sha256>``); None for a kept day."""
 
 
 @dataclass
@@ -79,6 +87,8 @@ class IngestReport:
     failed_from: dt.date | None = None
     error: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    archive_files: int = 0
+    archive_candles: int = 0
 
     @property
     def passed(self) -> bool:
@@ -165,8 +175,10 @@ def ingest_days(
     *,
     full_refresh: bool = False,
     log: Logger | None = None,
+    archive: BinanceArchive | None = None,
 ) -> IngestReport:
-    """Fetch, validate and store ``days`` of one market; see the module docstring for the rules."""
+    """Fetch, validate and store ``days`` of one market; see the module docstring for the rules.
+    ``archive``: the exchange's public archive to take closed months and days from (None: REST only)."""
     log = log or client.log
     exchange = client.connection.exchange_id
     wanted = sorted(set(days))
@@ -190,8 +202,10 @@ def ingest_days(
             progress.report(label, done_before + days_done, len(wanted), "days")
 
         try:
-            _ingest_chunk(client, store, symbol, timeframe, chunk, report, first, closed_before, full_refresh, log, on_progress)
-        except ExchangeRequestError as error:
+            _ingest_chunk(
+                client, store, symbol, timeframe, chunk, report, first, closed_before, full_refresh, log, on_progress, archive
+            )
+        except (ExchangeRequestError, ArchiveError) as error:
             _request_failed(client, report, chunk[0], error, requests_before, retries_before, log)
         if not report.passed:
             report.failed_from = chunk[0]
@@ -215,7 +229,7 @@ def _request_failed(
     client: ExchangeClient,
     report: IngestReport,
     failed_from: dt.date,
-    error: ExchangeRequestError,
+    error: ExchangeRequestError | ArchiveError,
     requests_before: int,
     retries_before: int,
     log: Logger,
@@ -277,6 +291,7 @@ def _ingest_chunk(
     full_refresh: bool,
     log: Logger,
     on_progress: Callable[[float], None] | None = None,
+    archive: BinanceArchive | None = None,
 ) -> None:
     """Plan, fetch, merge, validate and write one chunk; adds its days and checks to ``report``.
     ``on_progress(days)``: how many of the chunk's days are fetched so far, after every page.
@@ -305,6 +320,25 @@ def _ingest_chunk(
         else:
             to_fetch.append((day, max(start, listed_from)))
     _add_time(timings, "plan", started)
+
+    sources: dict[dt.date, str] = {}
+    if archive is not None:
+        whole = [day for day, since in to_fetch if since == max(day_start_ms(day), listed_from)]
+        if whole:
+            client.check_market(symbol)
+            market_id = client.exchange.market(symbol)["id"]
+            got = fetch_from_archive(archive, market_id, timeframe, whole, closed_before, log)
+            frames.update(got.frames)
+            sources.update(got.sources)
+            to_fetch = [(day, since) for day, since in to_fetch if day not in got.frames]
+            report.archive_files += got.files
+            report.archive_candles += got.candles
+            timings["archive"] = timings.get("archive", 0.0) + got.seconds
+            if got.files:
+                log.info(
+                    f"{exchange} {symbol} {timeframe}: {got.files} archive files verified, {got.candles:,} candles "
+                    f"({len(got.frames)} days); {len(to_fetch)} days from REST"
+                )
 
     started = time.perf_counter()
     fetches = _group(to_fetch, closed_before)
@@ -361,6 +395,7 @@ def _ingest_chunk(
             fetched=day in refreshed,
             first_timestamp=int(frames[day]["timestamp"].iloc[0]) if len(frames[day]) else None,
             last_timestamp=int(frames[day]["timestamp"].iloc[-1]) if len(frames[day]) else None,
+            source=sources.get(day, REST) if day in refreshed else None,
         )
         for day in requested
     )
@@ -372,6 +407,7 @@ def _ingest_chunk(
             timeframe,
             {day: frames[day] for day in sorted(refreshed)},
             complete={day: complete[day] for day in refreshed},
+            sources={day: sources.get(day, REST) for day in refreshed},
         )
         report.written = True
         written = sum(len(frames[day]) for day in refreshed)

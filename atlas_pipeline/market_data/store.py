@@ -6,7 +6,9 @@ shape, such as perpetual swaps' mark-price candles and funding rates, under ``<r
 
 - ``<period>.parquet``: the candles of one period (``2024`` for a year, ``2024-03`` for a month,
   ``2024-03-05`` for a day), plus, in the file's Parquet key-value metadata (key ``atlas``), the
-  bookkeeping of every day stored in it, empty days included: rows, first/last timestamp, complete.
+  bookkeeping of every day stored in it, empty days included: rows, first/last timestamp, complete,
+  and (when the writer gave one) the day's source: ``rest``, or ``archive:<path>#<sha256>`` for
+  a day taken from a verified file of the exchange's public archive (``provenance``).
   Data and bookkeeping therefore change together in one atomic rename, and ``coverage`` reads
   footers only. The period is the longest of year/month/day whose file stays within
   ``_MAX_FILE_ROWS`` candles: year for >= 5m, month for 30s..4m, day below. Measured over 9 years
@@ -161,6 +163,8 @@ class DayStatus:
     first_timestamp: int | None
     last_timestamp: int | None
     complete: bool
+    source: str | None = None
+    """Where the day's candles came from (``rest``, ``archive:<path>#<sha256>``); None: not recorded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -748,23 +752,27 @@ class CandleStore:
         days: Mapping[dt.date, pd.DataFrame],
         *,
         complete: bool | Mapping[dt.date, bool],
+        sources: str | Mapping[dt.date, str] | None = None,
     ) -> None:
         """Replace several days at once, rewriting each period file once (a backfill's write).
 
+        ``sources``: each day's provenance (one for all, or per day; None: not recorded), kept in
+        the file's bookkeeping beside the day and read back by ``provenance``/``day_status``.
         Every day is checked before anything is written, so a bad day writes nothing. A corrupt
         period file in the way is quarantined (with a warning naming it) rather than failing every
         write forever: the new days are written, its other days are then not stored.
         """
         folder = self._series_dir(exchange, symbol, timeframe)
-        by_file: dict[str, dict[dt.date, tuple[dict[str, np.ndarray], bool]]] = {}
+        by_file: dict[str, dict[dt.date, tuple[dict[str, np.ndarray], bool, str | None]]] = {}
         for raw_day, frame in days.items():
             day = _as_day(raw_day)
             label = _label(exchange, symbol, timeframe, day)
             flag = _complete_flag(complete, raw_day, day, label)
+            source = _source_of(sources, raw_day, day, label)
             group = by_file.setdefault(_period_name(timeframe, day), {})
             if day in group:
                 raise ValueError(f"{label}: given twice")
-            group[day] = (_checked_arrays(frame, day, label, self._dataset), flag)
+            group[day] = (_checked_arrays(frame, day, label, self._dataset), flag, source)
         if not by_file:
             return
         with self._io.lock(folder):
@@ -775,7 +783,7 @@ class CandleStore:
                 self._rewrite(folder, file, file.name in present, by_file[name])
 
     def _rewrite(
-        self, folder: str, file: _File, exists: bool, new_days: dict[dt.date, tuple[dict[str, np.ndarray], bool]]
+        self, folder: str, file: _File, exists: bool, new_days: dict[dt.date, tuple[dict[str, np.ndarray], bool, str | None]]
     ) -> None:
         """Read-modify-write one period file: drop the replaced days' rows, add the new ones."""
         path = f"{folder}/{file.name}"
@@ -789,10 +797,10 @@ class CandleStore:
             keep = ~np.isin(old_ts // DAY_MS, replaced)
             for c in self._dataset.columns:
                 parts[c].append(old.table.column(c).to_numpy()[keep])
-        for day, (arrays, flag) in new_days.items():
+        for day, (arrays, flag, source) in new_days.items():
             ts = arrays["timestamp"]
             first, last = (int(ts[0]), int(ts[-1])) if len(ts) else (None, None)
-            bookkeeping[day.isoformat()] = [len(ts), first, last, flag]
+            bookkeeping[day.isoformat()] = [len(ts), first, last, flag] + ([source] if source is not None else [])
             for c in self._dataset.columns:
                 parts[c].append(arrays[c])
         columns = {c: np.concatenate(parts[c]) for c in self._dataset.columns}
@@ -905,18 +913,46 @@ class CandleStore:
         """``coverage`` without the frame: ``(ISO day, rows, first, last, complete)`` per stored day,
         in time order, as the footers hold them (checked the same way). For callers aggregating
         over many series (``atlas data``): no per-day objects, so 9 years cost a few ms."""
+        for iso, rows, first, last, complete, _source in self._footer_entries(exchange, symbol, timeframe, start, end):
+            yield iso, rows, first, last, complete
+
+    def provenance(
+        self,
+        exchange: str,
+        symbol: str,
+        timeframe: str,
+        start: TimeLike | None = None,
+        end: TimeLike | None = None,
+    ) -> pd.DataFrame:
+        """Where each stored day overlapping ``[start, end)`` came from, from footers only.
+
+        Columns: day (datetime.date), source (str: ``rest``, or ``archive:<path>#<sha256>`` for a
+        day taken from a checksum-verified public archive file; None for days written without one).
+        """
+        statuses = self._statuses(exchange, symbol, timeframe, start, end)
+        return pd.DataFrame(
+            {
+                "day": pd.Series([s.day for s in statuses], dtype=object),
+                "source": pd.Series([s.source for s in statuses], dtype=object),
+            }
+        )
+
+    def _footer_entries(
+        self, exchange: str, symbol: str, timeframe: str, start: TimeLike | None, end: TimeLike | None
+    ) -> Iterator[tuple[str, int, int | None, int | None, bool, str | None]]:
+        """``(ISO day, rows, first, last, complete, source)`` per stored day overlapping the range,
+        in time order, from the files' footers (checked when read)."""
         folder = self._series_dir(exchange, symbol, timeframe)
         lo, hi = _bounds(start, end)
         for f in self._files(folder, timeframe, lo, hi):
             book = self._footer_days(f"{folder}/{f.name}", f) or {}
-            if lo <= f.start and f.end <= hi:  # the whole file is inside the range
-                for iso, (rows, first, last, complete) in book.items():
-                    yield iso, rows, first, last, complete
-                continue
-            for iso, (rows, first, last, complete) in book.items():
-                day_ms = day_start_ms(dt.date.fromisoformat(iso))
-                if day_ms + DAY_MS > lo and day_ms < hi:
-                    yield iso, rows, first, last, complete
+            whole = lo <= f.start and f.end <= hi  # the whole file is inside the range
+            for iso, (rows, first, last, complete, *source) in book.items():
+                if not whole:
+                    day_ms = day_start_ms(dt.date.fromisoformat(iso))
+                    if not (day_ms + DAY_MS > lo and day_ms < hi):
+                        continue
+                yield iso, rows, first, last, complete, source[0] if source else None
 
     def day_status(self, exchange: str, symbol: str, timeframe: str, day: TimeLike) -> DayStatus | None:
         """The bookkeeping of one day from its file's footer; None if the day was never stored."""
@@ -1146,9 +1182,7 @@ class CandleStore:
     def _statuses(
         self, exchange: str, symbol: str, timeframe: str, start: TimeLike | None, end: TimeLike | None
     ) -> list[DayStatus]:
-        return [
-            DayStatus(dt.date.fromisoformat(iso), *rest) for iso, *rest in self.iter_coverage(exchange, symbol, timeframe, start, end)
-        ]
+        return [DayStatus(dt.date.fromisoformat(iso), *rest) for iso, *rest in self._footer_entries(exchange, symbol, timeframe, start, end)]
 
     def _series_info(self, folder: str) -> dict:
         return self._read_series_info(folder)[0]
@@ -1224,6 +1258,13 @@ def _parse_series_info(path: str, text: str, key: str) -> tuple[dict, bool]:
     if crc != _series_crc(info):
         raise CorruptStoreFile(path, "content does not match its crc")
     return info, True
+
+
+def _source_of(sources: str | Mapping[dt.date, str] | None, raw_day: object, day: dt.date, label: str) -> str | None:
+    source = sources.get(raw_day, sources.get(day)) if isinstance(sources, Mapping) else sources
+    if source is not None and not (isinstance(source, str) and source):
+        raise ValueError(f"{label}: source must be a non-empty string, got {source!r}")
+    return source
 
 
 def _complete_flag(complete: bool | Mapping[dt.date, bool], raw_day: object, day: dt.date, label: str) -> bool:

@@ -36,6 +36,7 @@ from atlas_pipeline.market_data.candles import ms_to_iso, symbol_key
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
 from atlas_pipeline.market_data.exchange_metadata import flagged_markets
 from atlas_pipeline.market_data.ingest import DayReport, IngestReport, IngestRequestFailed, ingest_days
+from atlas_pipeline.market_data.sources.binance_archive import BinanceArchive
 from atlas_pipeline.market_data.store import CANDLES, MARK_PRICE_CANDLES, Dataset
 
 MARKET_DATA_GROUP = "market_data"
@@ -66,6 +67,14 @@ def exchange_connection(settings: ExchangeSettings) -> ExchangeConnection:
     )
 
 
+def exchange_archive(settings: ExchangeSettings, log: object = None) -> BinanceArchive | None:
+    """The public archive closed history comes from (``history_source``); None: REST only."""
+    url = settings.effective_archive_url
+    if url is None:
+        return None
+    return BinanceArchive(url, timeout_seconds=settings.timeout_seconds, max_retries=settings.max_retries, log=log)
+
+
 def build_ohlcv_asset(
     settings: ExchangeSettings, timeframe: str, metadata_file: Path | None = None, dataset: Dataset = CANDLES
 ) -> dg.AssetsDefinition:
@@ -93,6 +102,7 @@ def _ohlcv_asset(
 ) -> dg.AssetsDefinition:
     mark = dataset is MARK_PRICE_CANDLES
     what = "mark-price candles of the perpetual swaps" if mark else "OHLCV candles"
+    archive_url = None if mark else settings.effective_archive_url
 
     @dg.asset(
         key=key,
@@ -102,7 +112,8 @@ def _ohlcv_asset(
         group_name=MARKET_DATA_GROUP,
         kinds={"ccxt", "parquet"},
         description=(
-            f"{timeframe} {what} from {settings.id} via ccxt, stored as Parquet by the "
+            f"{timeframe} {what} from {settings.id} (history: {archive_url or 'REST'}"
+            f"{', REST for the tail' if archive_url else ''}) via ccxt, stored as Parquet by the "
             "candle store. Partitioned by UTC day x market; days before a market's first candle "
             "are stored empty."
         ),
@@ -120,6 +131,7 @@ def _ohlcv_asset(
         client = ExchangeClient(exchange_connection(settings), log=context.log)
         if mark:
             client = client.for_price("mark")
+        archive = exchange_archive(settings, context.log) if not mark else None  # the archive has trade candles
         reports: list[IngestReport] = []
         # a universe entry's markets are known at run time only (exchange_metadata.yaml)
         markets = symbols if settings.universe is None else symbols_by_key(settings, metadata_file)
@@ -148,7 +160,9 @@ def _ohlcv_asset(
                     continue
                 context.log.info(f"{settings.id} {symbol} {timeframe}: {len(days)} days, {days[0]}..{days[-1]}")
                 try:
-                    report = ingest_days(client, store, symbol, timeframe, days, full_refresh=config.full_refresh, log=context.log)
+                    report = ingest_days(
+                        client, store, symbol, timeframe, days, full_refresh=config.full_refresh, log=context.log, archive=archive
+                    )
                 except IngestRequestFailed as failure:
                     report = failure.report
                     stopped = failure.exchange_wide
@@ -296,6 +310,7 @@ def _day_metadata(day: DayReport) -> dict[str, object]:
         "fetched": day.fetched,
         "first_candle": _iso(day.first_timestamp),
         "last_candle": _iso(day.last_timestamp),
+        "source": day.source or "kept",
     }
 
 
@@ -341,6 +356,8 @@ def _run_metadata(reports: list[IngestReport]) -> dict[str, object]:
         "candles_written": sum(r.candles_fetched for r in reports if r.written),
         "candles_in_range": sum(r.candles for r in reports),
         "requests": sum(r.requests for r in reports),
+        "archive_files": sum(r.archive_files for r in reports),
+        "archive_candles": sum(r.archive_candles for r in reports),
         "retries": sum(r.retries for r in reports),
         "first_candle": _iso(min(firsts) if firsts else None),
         "last_candle": _iso(max(lasts) if lasts else None),

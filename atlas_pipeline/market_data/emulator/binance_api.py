@@ -229,16 +229,25 @@ def kline_rows(frame: pd.DataFrame, tf_ms: int) -> list[list[Any]]:
     taker volumes are not in a candle frame: they are derived (plausibly, deterministically)."""
     stamps = frame["timestamp"].to_numpy(dtype="int64")
     values = frame.loc[:, list(VALUE_COLUMNS)].to_numpy(dtype="float64")
-    volume = values[:, 4]
-    quote = np.round(volume * values[:, 1:4].mean(axis=1), 8)
-    numbers = np.column_stack((values, quote, np.round(volume / 2, 8), np.round(quote / 2, 8)))
+    quote, count, taker_base, taker_quote = derived_columns(values)
+    numbers = np.column_stack((values, quote, taker_base, taker_quote))
     texts = [_num(x) for x in numbers.ravel().tolist()]
-    trades = np.where(volume > 0, np.sqrt(volume) * 7 + 1, 0).astype("int64").tolist()
+    trades = count.tolist()
     rows = []
     for i, (t, n) in enumerate(zip(stamps.tolist(), trades)):
         o, h, l, c, v, q, tb, tq = texts[8 * i : 8 * i + 8]
         rows.append([t, o, h, l, c, v, t + tf_ms - 1, q, n, tb, tq, "0"])
     return rows
+
+
+def derived_columns(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Quote volume, trade count and taker buy base/quote volumes for candles (``values``: open,
+    high, low, close, volume), which a candle frame does not hold: plausible and deterministic, the
+    same in klines rows and archive files."""
+    volume = values[:, 4]
+    quote = np.round(volume * values[:, 1:4].mean(axis=1), 8)
+    count = np.where(volume > 0, np.sqrt(volume) * 7 + 1, 0).astype("int64")
+    return quote, count, np.round(volume / 2, 8), np.round(quote / 2, 8)
 
 
 def ticker_24hr(source: CandleSource, symbol: str, now: int, trading: bool = True) -> dict[str, Any]:

@@ -19,6 +19,13 @@ Endpoints are named per API (Binance: ``klines``, ``exchangeInfo``, ``ticker24hr
 ``fundingRate``, ``premiumIndex``, ``fapiTime``, ``fapiPing``; OKX: ``candles``, ``history-candles``, ``instruments``, ``tickers``, ``time``).
 ``klines`` also means "every candle endpoint" of whichever API is emulated, so one rule set
 works against both; ``candles``/``history-candles`` pick one of OKX's two.
+
+``archive`` is Binance's public data archive (``binance_archive``): a fault on it acts on one
+fetch of a file (its ``.CHECKSUM`` and then its zip), optionally only files whose name contains
+``file``. Its own kinds: ``not_found`` (404), ``bad_checksum`` (zip bytes altered in transit),
+``truncated_zip``, ``wrong_columns``, ``wrong_unit``, ``outside_period`` and ``altered`` (a
+published file that is itself wrong, with a checksum that matches it); ``timeout`` on it is a slow
+download, ``server_error`` and ``rate_limit`` answer the zip with that error.
 """
 
 from __future__ import annotations
@@ -32,12 +39,16 @@ from typing import Any
 TRANSPORT_KINDS = ("rate_limit", "server_error", "timeout")
 BODY_KINDS = ("truncated", "malformed")
 DATA_KINDS = ("duplicates", "out_of_order", "bad_ohlc", "off_grid", "short_page")
-KINDS = TRANSPORT_KINDS + BODY_KINDS + DATA_KINDS
+ARCHIVE_KINDS = ("not_found", "bad_checksum", "truncated_zip", "wrong_columns", "wrong_unit", "outside_period", "altered")
+KINDS = TRANSPORT_KINDS + BODY_KINDS + DATA_KINDS + ARCHIVE_KINDS
 CANDLE_ENDPOINTS = ("klines", "candles", "history-candles", "fapiKlines", "markPriceKlines")
 """Endpoints that answer candle rows: Binance's klines, OKX's candles and history-candles, Binance
 USDⓈ-M futures' klines and mark-price klines."""
 FUTURES_ENDPOINTS = ("fapiExchangeInfo", "fundingRate", "premiumIndex", "fapiTime", "fapiPing")
-ENDPOINTS = ("any", *CANDLE_ENDPOINTS, "exchangeInfo", "ticker24hr", "ping", "time", "instruments", "tickers", *FUTURES_ENDPOINTS)
+ENDPOINTS = (
+    "any", *CANDLE_ENDPOINTS, "exchangeInfo", "ticker24hr", "ping", "time", "instruments", "tickers",
+    *FUTURES_ENDPOINTS, "archive",
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,8 @@ class FaultRule:
     header); ``status`` overrides the HTTP status (rate_limit: 429 or 418; server_error: a 5xx,
     default 503); ``delay`` (s) is how long a
     ``timeout`` holds the reply, longer than the client's timeout (ccxt's default is 10 s);
-    ``rows`` is how many rows a ``short_page`` keeps (None: half the page)."""
+    ``rows`` is how many rows a ``short_page`` keeps (None: half the page); ``file``: an archive
+    fault fires only on files whose name contains it (None: any file)."""
 
     kind: str
     endpoint: str = "any"
@@ -71,6 +83,7 @@ class FaultRule:
     status: int | None = None
     delay: float = 15.0
     rows: int | None = None
+    file: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -79,6 +92,10 @@ class FaultRule:
             raise ValueError(f"unknown fault endpoint {self.endpoint!r}; known: {', '.join(ENDPOINTS)}")
         if self.kind in DATA_KINDS and self.endpoint not in ("any", *CANDLE_ENDPOINTS):
             raise ValueError(f"fault {self.kind!r} alters candle rows; it cannot watch {self.endpoint!r}")
+        if self.kind in ARCHIVE_KINDS and self.endpoint not in ("any", "archive"):
+            raise ValueError(f"fault {self.kind!r} acts on archive files; it cannot watch {self.endpoint!r}")
+        if self.file is not None and self.kind not in ARCHIVE_KINDS + TRANSPORT_KINDS:
+            raise ValueError(f"file applies to archive faults only: {self}")
         if self.times is not None and self.times < 0:
             raise ValueError(f"fault times must be >= 0 or None (forever), got {self.times}")
         if self.rows is not None and (self.kind != "short_page" or self.rows < 1):
@@ -93,9 +110,13 @@ class FaultRule:
     def http_status(self) -> int:
         return self.status or {"rate_limit": 429, "server_error": 503}.get(self.kind, 200)
 
-    def watches(self, endpoint: str) -> bool:
+    def watches(self, endpoint: str, name: str | None = None) -> bool:
         candles = endpoint in CANDLE_ENDPOINTS
         if self.kind in DATA_KINDS and not candles:
+            return False
+        if (self.kind in ARCHIVE_KINDS or self.file is not None) and endpoint != "archive":
+            return False
+        if self.file is not None and (name is None or self.file not in name):
             return False
         return self.endpoint in ("any", endpoint) or (self.endpoint == "klines" and candles)
 
@@ -167,6 +188,7 @@ class FaultDecision:
     transport: FaultRule | None = None
     body: FaultRule | None = None
     data: tuple[FaultRule, ...] = ()
+    archive: tuple[FaultRule, ...] = ()
 
 
 class FaultPlan:
@@ -189,19 +211,21 @@ class FaultPlan:
         with self._lock:
             return [{**s.rule.to_dict(), "seen": s.seen, "fired": s.fired} for s in self._states]
 
-    def decide(self, endpoint: str, rows: int = 0) -> FaultDecision:
+    def decide(self, endpoint: str, rows: int = 0, name: str | None = None) -> FaultDecision:
         """Count this request against every rule watching ``endpoint`` and pick the ones that fire.
 
         ``rows``: the number of rows in a successful candle reply (0 otherwise); a data fault fires
         only where it can be seen (``out_of_order`` needs two rows, ``short_page`` more than it keeps).
+        ``name``: the archive file asked for (archive faults with ``file`` fire on matching names).
         """
         transport: _RuleState | None = None
         body: _RuleState | None = None
         data: list[_RuleState] = []
+        archive: list[_RuleState] = []
         with self._lock:
             for state in self._states:
                 rule = state.rule
-                if not rule.watches(endpoint):
+                if not rule.watches(endpoint, name):
                     continue
                 state.seen += 1
                 if not state.active():
@@ -212,15 +236,18 @@ class FaultPlan:
                     body = state
                 elif rule.kind in DATA_KINDS and rows >= _rows_to_show(rule):
                     data.append(state)
+                elif rule.kind in ARCHIVE_KINDS:
+                    archive.append(state)
             if transport is not None and transport.rule.kind != "timeout":
-                body, data = None, []  # an error reply replaces the body: nothing else can act
-            fired = [s for s in (transport, body, *data) if s is not None]
+                body, data, archive = None, [], []  # an error reply replaces the body: nothing else can act
+            fired = [s for s in (transport, body, *data, *archive) if s is not None]
             for state in fired:
                 state.fired += 1
         return FaultDecision(
             transport.rule if transport else None,
             body.rule if body else None,
             tuple(s.rule for s in data),
+            tuple(s.rule for s in archive),
         )
 
 

@@ -5,7 +5,9 @@ USDⓈ-M futures, or OKX v5; one module per API: ``binance_api``, ``binance_futu
 Stdlib only (``ThreadingHTTPServer``, HTTP/1.1 keep-alive like the real API), so the offline demo
 needs nothing beyond Atlas. Control endpoints under ``/_emulator/`` let a process that does not
 own the server (a test driving ``dagster dev``) switch faults and read counters:
-``GET|POST|DELETE /_emulator/faults`` and ``GET|DELETE /_emulator/stats``.
+``GET|POST|DELETE /_emulator/faults`` and ``GET|DELETE /_emulator/stats``. A Binance emulator
+also serves Binance's public data archive under ``/data/`` (``binance_archive``) from the same
+candles.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from atlas_pipeline.market_data.emulator.binance_archive import BinanceArchiveApi
 from atlas_pipeline.market_data.emulator.binance_futures_api import BinanceSpotAndFutures
 from atlas_pipeline.market_data.emulator.faults import FaultPlan, FaultRule, corrupt_rows
 from atlas_pipeline.market_data.emulator.okx_api import OkxApi
@@ -115,6 +118,12 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "AtlasEmulator/1.0"
     server: _HTTPServer
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out as two writes; without TCP_NODELAY the second waits for the
+        # client's delayed ACK (40 ms a reply on Linux). Real API servers set it too.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self) -> None:
         self.server.emulator._handle(self, "GET")
 
@@ -157,7 +166,8 @@ class EmulatorServer:
     given, else the source's ``now()`` if it has one (synthetic), else the wall clock.
     Markets in ``delisted`` are listed as halted (Binance status BREAK, OKX state suspend; ccxt
     ``active: False``); markets in ``removed`` are no longer listed at all (as after a delisting's
-    cleanup).
+    cleanup). ``archive``: options of the Binance archive served under ``/data/``
+    (``BinanceArchiveApi``: lags, missing periods, header rows); ``self.archive`` is None for OKX.
     """
 
     def __init__(
@@ -170,6 +180,7 @@ class EmulatorServer:
         delisted: Iterable[str] = (),
         removed: Iterable[str] = (),
         exchange: str = "binance",
+        archive: Mapping[str, Any] | None = None,
         **api_options: Any,
     ) -> None:
         if exchange not in APIS:
@@ -177,6 +188,7 @@ class EmulatorServer:
         self.source = source
         self.exchange = exchange
         self.api = APIS[exchange](source, frozenset(delisted), frozenset(removed), **api_options)
+        self.archive = BinanceArchiveApi(source, self.api.symbols, **(archive or {})) if exchange == "binance" else None
         self._clock = clock or getattr(source, "now", None) or wall_clock_ms
         self._plan = FaultPlan(faults)
         self._stats = _Stats()
@@ -247,9 +259,11 @@ class EmulatorServer:
     def set_faults(self, faults: Iterable[FaultLike]) -> None:
         """Replace all fault rules (counters start afresh)."""
         self._plan.set(faults)
+        if self.archive is not None:
+            self.archive.forget()
 
     def clear_faults(self) -> None:
-        self._plan.clear()
+        self.set_faults(())
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -265,6 +279,9 @@ class EmulatorServer:
         url = urlsplit(handler.path)
         if url.path.startswith("/_emulator/"):
             self._control(handler, method, url.path)
+            return
+        if self.archive is not None and url.path.startswith("/data/") and method == "GET":
+            self._archive_file(handler, url.path)
             return
         endpoint = self.api.paths.get(url.path)
         if endpoint is None or method != "GET":
@@ -305,6 +322,33 @@ class EmulatorServer:
             self._reply(handler, status, _MALFORMED_BODY, "text/html")
         else:
             self._reply(handler, status, body)
+
+    def _archive_file(self, handler: _Handler, path: str) -> None:
+        """One archive request; a fetch's faults are decided on its ``.CHECKSUM`` and applied to
+        its zip (see ``binance_archive``); transport faults act on the zip."""
+        name = path.rsplit("/", 1)[-1].removesuffix(".CHECKSUM")
+        checksum = path.endswith(".CHECKSUM")
+        endpoint = "archive_checksum" if checksum else "archive"
+        carried = None if checksum else self.archive.recall(name)
+        transport = None
+        if carried is None:
+            decision = self._plan.decide("archive", name=name)
+            fired = [r for r in (decision.transport, *decision.archive) if r is not None]
+            self._stats.request(endpoint, fired)
+            carried = (*decision.archive, *([decision.transport] if decision.transport else []))
+            if checksum:
+                self.archive.remember(name, carried)
+        else:
+            self._stats.request(endpoint, ())
+        if not checksum:
+            transport = next((r for r in carried if r.kind in ("rate_limit", "server_error", "timeout")), None)
+        if transport is not None and transport.kind == "timeout":
+            self._stopping.wait(transport.delay)
+        elif transport is not None:
+            self._reply(handler, transport.http_status, b"<html><body>error</body></html>", "text/html")
+            return
+        reply = self.archive.answer(path, carried, int(self._clock()))
+        self._reply(handler, reply.status, reply.body, reply.content_type)
 
     def _reply(self, handler: _Handler, status: int, body: bytes, content_type: str = _JSON, **kwargs: Any) -> None:
         self._stats.status(status)
