@@ -10,7 +10,7 @@ gets no metrics.
 
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import dagster as dg
 
@@ -21,6 +21,7 @@ from atlas_pipeline.defs.market_data.partitions import SYMBOL, ohlcv_partitions,
 from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.research.charts import png_markdown
+from atlas_pipeline.research.data_coverage import DataCoverage
 from atlas_pipeline.research.engine import StrategyError
 from atlas_pipeline.research.metrics import metrics_table_markdown
 from atlas_pipeline.research.result_store import ResultStore
@@ -108,6 +109,8 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
         run = _run_for_market(run_backtest, settings, symbol, context, candle_store)
         result = run.result
         context.log.info(f"{settings.name} {symbol}: {result.bars:,} bars, {len(result.trades)} trades; {run.lookahead.message}")
+        if run.coverage is not None and run.coverage.warning:
+            context.log.warning(f"{settings.name} {symbol}: {run.coverage.warning}")
         return dg.MaterializeResult(
             metadata={
                 "bars": result.bars,
@@ -120,6 +123,7 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
                 "commission": settings.taker_fee(),
                 "results": dg.MetadataValue.path(run.folder),
                 **(_sweep_metadata(run.sweep, run) if run.sweep is not None else {}),
+                **_coverage_metadata(run.coverage),
                 **{f"seconds_{stage}": round(value, 3) for stage, value in run.seconds.items()},
             },
             check_results=[_lookahead_check_result(run)],
@@ -149,11 +153,19 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
                 "equity_drawdown_chart": dg.MetadataValue.md(png_markdown(run.charts["equity_drawdown"], "equity and drawdown")),
                 "trades_chart": dg.MetadataValue.md(png_markdown(run.charts["trades"], "trades on price")),
                 **{f"{chart}_png": dg.MetadataValue.path(path) for chart, path in run.chart_paths.items()},
+                **_coverage_metadata(run.coverage),
                 **{f"seconds_{stage}": round(value, 3) for stage, value in run.seconds.items()},
             }
         )
 
     return [backtest, metrics]
+
+
+def _coverage_metadata(coverage: DataCoverage | None) -> dict[str, Any]:
+    """Days of the period with candles, and ``data_warning`` (empty when they cover it all)."""
+    if coverage is None:
+        return {}
+    return {**coverage.numbers(), "data_warning": coverage.warning or ""}
 
 
 R = TypeVar("R")
