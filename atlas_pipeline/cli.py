@@ -83,6 +83,7 @@ def dagster_instance():
 def cmd_fetch(args: argparse.Namespace) -> None:
     from atlas_pipeline.config import load_exchanges_config
     from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
+    from atlas_pipeline.config.paths import describe_config_dir
     from atlas_pipeline.defs.definitions import build_definitions
     from atlas_pipeline.market_data.exchange_client import NOT_LISTED_MESSAGE
 
@@ -115,7 +116,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     instance = dagster_instance()
     print(
         f"atlas fetch: {args.exchange} {', '.join(symbols)} {', '.join(timeframes)} {start}..{end} (end exclusive); "
-        f"Dagster instance {os.environ['DAGSTER_HOME']}",
+        f"config {describe_config_dir()}; Dagster instance {os.environ['DAGSTER_HOME']}",
         file=sys.stderr,
     )
     runs = materialize_ohlcv_range(
@@ -245,6 +246,7 @@ def cmd_backtest(args: argparse.Namespace) -> None:
     from atlas_pipeline.research.result_store import ResultStore
     from atlas_pipeline.research_runs import stored_coverage
     from atlas_pipeline.config import config_dir
+    from atlas_pipeline.config.paths import describe_config_dir
     from atlas_pipeline.config_check import check_backtest
 
     settings = _backtest_settings(args.name)
@@ -254,7 +256,11 @@ def cmd_backtest(args: argparse.Namespace) -> None:
             raise UsageError(f"backtest {args.name!r} does not cover {symbol!r} (symbols: {settings.symbols})")
     check_backtest(settings, config_dir())  # strategy file and params: exit 2 now, not a failed run later
     instance = dagster_instance()
-    print(f"atlas backtest: {args.name} on {', '.join(symbols)}; Dagster instance {os.environ['DAGSTER_HOME']}", file=sys.stderr)
+    print(
+        f"atlas backtest: {args.name} on {', '.join(symbols)}; config {describe_config_dir()}; "
+        f"Dagster instance {os.environ['DAGSTER_HOME']}",
+        file=sys.stderr,
+    )
     runs = materialize_backtests(build_definitions(), instance, [settings], symbols)
     results = ResultStore(CandleStore().root)
     reasons = []
@@ -427,8 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-NO_CONFIG_COMMANDS = frozenset({"emulator", "demo"})
-"""Commands that read no config folder (the demo writes its own and says where)."""
+NO_CONFIG_COMMANDS = frozenset({"emulator", "demo", "fetch", "backtest"})
+"""Commands that do not get the config line first: the emulator reads no config, the demo writes
+its own and says where, fetch and backtest name it in their first line (every config error names
+its file anyway), which keeps a failure within five lines."""
 
 
 def announce_config(command: str) -> None:

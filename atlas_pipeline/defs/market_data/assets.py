@@ -211,7 +211,8 @@ def _record_partitions(
         for day in days_by_symbol[by_symbol[symbol]]
     ]
     yield from _batched(context, materializations)
-    context.log.info(f"{key.to_user_string()}: recorded {len(materializations):,} partition materializations of what was stored")
+    if materializations:
+        context.log.info(f"{key.to_user_string()}: recorded {len(materializations):,} partition materializations of what was stored")
     return len(materializations)
 
 
