@@ -54,7 +54,9 @@ def run_supervised(command: Sequence[str], say=None) -> int:  # noqa: ANN001
             signal.signal(sig, signal.SIG_IGN)
         if child is not None:
             say(f"atlas: {stop} received: stopping {Path(command[0]).name} (pid {child.pid}) and its processes")
-            stop_tree(child)
+            started = time.monotonic()
+            left = stop_tree(child)
+            say(f"atlas: stopped in {time.monotonic() - started:.1f} s" + (f"; still exiting: pids {left}" if left else ""))
         return 128 + stop.signum
     finally:
         if child is not None and child.poll() is None:  # any other way out: leave nothing behind
@@ -67,8 +69,9 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def stop_tree(child: subprocess.Popen) -> None:
-    """Stop ``child`` (a session leader) and every process under it within ``STOP_SECONDS``."""
+def stop_tree(child: subprocess.Popen) -> list[int]:
+    """Stop ``child`` (a session leader) and every process under it within ``STOP_SECONDS``;
+    returns the pids still in the process table then (killed, not yet reaped)."""
     seen = set(descendants(child.pid))
     deadline = time.monotonic()
     for sig, wait in ((signal.SIGINT, GRACE_SECONDS), (signal.SIGTERM, TERM_SECONDS), (signal.SIGKILL, 1.0)):
@@ -80,9 +83,10 @@ def stop_tree(child: subprocess.Popen) -> None:
         deadline += wait
         while time.monotonic() < deadline:
             if child.poll() is not None and not any(_alive(pid) for pid in seen):
-                return
+                return []
             time.sleep(0.1)
     child.poll()
+    return [pid for pid in seen if _alive(pid)]
 
 
 def descendants(pid: int) -> list[int]:
@@ -129,3 +133,18 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m atlas_pipeline.supervise COMMAND ...``: how the image runs the webserver and the
+    daemon (both outlive a SIGTERM by 10 s or more on their own, leaving code servers behind)."""
+    command = list(sys.argv[1:] if argv is None else argv)
+    if not command:
+        print("usage: python -m atlas_pipeline.supervise COMMAND [ARG ...]", file=sys.stderr)
+        return 2
+    code = run_supervised(command)
+    return 0 if code in {128 + sig for sig in STOP_SIGNALS} else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
