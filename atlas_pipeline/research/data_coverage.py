@@ -59,13 +59,13 @@ class DataCoverage:
             f"{self.period_days:,} days ({self.start}..{self.end}, end exclusive)"
         ]
         if self.days_before_first:
-            parts.append(f"none before {self.first_day} ({self.days_before_first:,} days)")
+            parts.append(f"none before {self.first_day} ({_count(self.days_before_first)})")
         if self.days_after_last:
-            parts.append(f"none after {self.last_day} ({self.days_after_last:,} days)")
+            parts.append(f"none after {self.last_day} ({_count(self.days_after_last)})")
         if self.missing_inside:
             named = ", ".join(self.missing_inside[:MAX_DAYS_NAMED])
             more = f" and {len(self.missing_inside) - MAX_DAYS_NAMED:,} more" if len(self.missing_inside) > MAX_DAYS_NAMED else ""
-            parts.append(f"{len(self.missing_inside):,} days without candles inside ({named}{more})")
+            parts.append(f"{_count(len(self.missing_inside))} without candles inside ({named}{more})")
         return "; ".join(parts) + "; fetch the rest with atlas fetch"
 
     def as_dict(self) -> dict:
@@ -110,6 +110,10 @@ def period_coverage(
         last_day=with_candles[-1].isoformat() if with_candles else None,
         missing_inside=missing,
     )
+
+
+def _count(days: int) -> str:
+    return f"{days:,} day" + ("" if days == 1 else "s")
 
 
 def _days(first: str, after: str) -> int:
