@@ -47,7 +47,7 @@ def run_supervised(command: Sequence[str], say=None) -> int:  # noqa: ANN001
     previous = {sig: signal.signal(sig, raise_stop) for sig in STOP_SIGNALS}
     child = None
     try:
-        child = subprocess.Popen(list(command), start_new_session=True, preexec_fn=_default_sigint)
+        child = subprocess.Popen(list(command), start_new_session=True, preexec_fn=_prepare_child)
         return child.wait()
     except _Stop as stop:
         for sig in STOP_SIGNALS:  # a second signal while stopping must not cut the cleanup short
@@ -65,8 +65,20 @@ def run_supervised(command: Sequence[str], say=None) -> int:  # noqa: ANN001
             signal.signal(sig, handler)
 
 
-def _default_sigint() -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def _prepare_child() -> None:
+    """In the child before exec: Ctrl-C works again, and on Linux the child gets a Ctrl-C if
+    this process dies without stopping it (SIGKILL), instead of running on in its own session."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGINT))
+        except (OSError, AttributeError):
+            pass
 
 
 def stop_tree(child: subprocess.Popen) -> list[int]:

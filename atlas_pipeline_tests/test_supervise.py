@@ -89,3 +89,27 @@ def test_a_command_that_ends_by_itself_gives_its_exit_code(tmp_path: Path) -> No
     from atlas_pipeline.supervise import run_supervised
 
     assert run_supervised([sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
+
+
+def test_a_killed_supervisor_still_stops_its_server(tmp_path: Path) -> None:
+    """SIGKILL leaves no chance to clean up: the server (in its own session) gets a Ctrl-C from
+    the kernel (``PR_SET_PDEATHSIG``) instead of running on."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    server = f"import os, time; open(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close(); time.sleep(120)"
+    supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR, sys.executable, "-c", server], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list(pids.iterdir()):
+        assert supervisor.poll() is None and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.1)
+    pid = int(next(pids.iterdir()).name)
+    os.kill(supervisor.pid, signal.SIGKILL)
+    supervisor.wait()
+    deadline = time.monotonic() + STOP_WITHIN_SECONDS
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not _alive(pid), "the server outlived its killed supervisor"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
