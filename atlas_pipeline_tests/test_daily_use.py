@@ -122,6 +122,8 @@ def _serve_and_stop(command: list[str], env: dict[str, str], config: str) -> Non
             for backtest in ("sma_crossover_1h", "rsi_long_short_1h", "sma_walkforward_1h"):
                 assert any(backtest in "/".join(path) for path in nodes), f"the demo's {backtest} is in the UI: {nodes}"
             assert config in log.read_text(), log.read_text()[:1000]
+            # the code location the UI loaded read the same folder (atlas ui hands it over)
+            assert f"atlas code location: config {env['ATLAS_HOME']}/config" in log.read_text()
         else:
             _wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v3/ping", timeout=2), process, log)
         tree = [process.pid, *descendants(process.pid)]
