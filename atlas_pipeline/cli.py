@@ -277,7 +277,9 @@ def cmd_backtest(args: argparse.Namespace) -> None:
         if coverage is not None and coverage.warning:
             print(f"**Warning: {coverage.warning}**\n")
             print(f"atlas backtest: warning: {args.name} {symbol}: {coverage.warning}", file=sys.stderr)
-        print(metrics_table_markdown(results.load_metrics(args.name, symbol) or {}))
+        metrics = results.load_metrics(args.name, symbol) or {}
+        metrics.pop("warnings", None)  # printed above
+        print(metrics_table_markdown(metrics))
         print(f"\nresults: {results.url(results.folder(args.name, symbol))}")
     reasons += [f"{run.label}: {run.failure_reason()}" for run in runs[len(symbols):] if not run.success]
     if reasons:

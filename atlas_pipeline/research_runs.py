@@ -215,10 +215,13 @@ def compute_backtest_metrics(settings: BacktestSettings, symbol: str, results: R
         "trades": trades_chart(result.close, result.trades, title),
     }  # the names in CHARTS
     drawn = time.perf_counter()
-    results.save_metrics(settings.name, symbol, metrics)
+    coverage = stored_coverage(settings, symbol, results)
+    warnings = [coverage.warning] if coverage is not None and coverage.warning else []
+    # the report shows a market's stored "warnings" at the top of its section (backtest_report)
+    results.save_metrics(settings.name, symbol, {**metrics, **({"warnings": warnings} if warnings else {})})
     paths = {chart: results.save_chart(settings.name, symbol, chart, png) for chart, png in charts.items()}
     seconds = {"metrics": computed - started, "charts": drawn - computed, "save": time.perf_counter() - drawn}
-    return MetricsRun(metrics, charts, paths, seconds, stored_coverage(settings, symbol, results))
+    return MetricsRun(metrics, charts, paths, seconds, coverage)
 
 
 def leaderboard(backtests: Iterable[BacktestSettings], results: ResultStore) -> pd.DataFrame:
