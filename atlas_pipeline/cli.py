@@ -1,7 +1,8 @@
 """``atlas``: the command line. Each command calls the same functions the Dagster UI runs.
 
-Exit codes: 0 success; 1 a run or request failed; 2 bad arguments or configuration. Failures end
-with one line on stderr that says why.
+Exit codes: 0 success; 1 a run or request failed; 2 bad arguments or configuration; 130
+interrupted. Failures end with one line on stderr that says why and a line naming the command's
+full log (``cli_console``); ``--verbose`` shows tracebacks and Dagster's events on the terminal.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     from atlas_pipeline.commands.timerange import chosen_range
     from atlas_pipeline.config import load_exchanges_config
     from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
+    from atlas_pipeline.config.paths import describe_config_dir
     from atlas_pipeline.defs.definitions import build_definitions
+    from atlas_pipeline.market_data.exchange_client import NOT_LISTED_MESSAGE
 
     try:
         settings = load_exchanges_config().get(args.exchange)
@@ -108,10 +111,12 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         raise UsageError(f"--start {start} is before {args.exchange}'s history_start {settings.history_start}")
     if end <= start:
         raise UsageError(f"--end {end} must be after --start {start}")
+    _refuse_future(start, end)
+    _check_listed(settings, args.symbol or [])
     instance = dagster_instance()
     print(
         f"atlas fetch: {args.exchange} {', '.join(symbols)} {', '.join(timeframes)} {start}..{end} (end exclusive); "
-        f"Dagster instance {os.environ['DAGSTER_HOME']}",
+        f"config {describe_config_dir()}; Dagster instance {os.environ['DAGSTER_HOME']}",
         file=sys.stderr,
     )
     summary = FetchSummary(args.exchange, symbols, timeframes, start, end)
@@ -129,12 +134,31 @@ def cmd_fetch(args: argparse.Namespace) -> None:
             say=lambda line: print(line, file=sys.stderr),
         )
     for run in runs:
-        status = "ok" if run.success else "FAILED"
-        print(f"{run.label}: run {run.result.run_id} {status}", file=sys.stderr)
+        if run.success:  # a failed one is the command's last line
+            print(f"{run.label}: run {run.result.run_id} ok", file=sys.stderr)
     print(summary.line(runs), file=sys.stderr)
     failed = [run for run in runs if not run.success]
     if failed:
-        raise CommandFailed(f"{failed[0].label}: {failed[0].failure_reason()}")
+        reason = f"{failed[0].label}: {failed[0].failure_reason()}"
+        if NOT_LISTED_MESSAGE in reason:  # a configured market the exchange does not list: config
+            raise UsageError(reason)
+        raise CommandFailed(reason)
+
+
+def _refuse_future(start: dt.date, end: dt.date) -> None:
+    """No candle exists yet for a day after today (UTC); `--end` is exclusive, so tomorrow is its limit."""
+    today = dt.datetime.now(dt.UTC).date()
+    if start > today:
+        raise UsageError(f"--start {start} is in the future (today is {today} UTC)")
+    if end > today + dt.timedelta(days=1):
+        raise UsageError(f"--end {end} is in the future: at most {today + dt.timedelta(days=1)} (exclusive, i.e. through today {today} UTC)")
+
+
+def _check_listed(settings, symbols: list[str]) -> None:
+    from atlas_pipeline.config import config_dir
+    from atlas_pipeline.config_check import check_listed
+
+    check_listed(settings, symbols, config_dir())
 
 
 def _entry_markets(settings) -> tuple[list[str], list[str]]:
@@ -222,14 +246,23 @@ def cmd_backtest(args: argparse.Namespace) -> None:
     from atlas_pipeline.market_data.store import CandleStore
     from atlas_pipeline.research.metrics import metrics_table_markdown
     from atlas_pipeline.research.result_store import ResultStore
+    from atlas_pipeline.research_runs import stored_coverage
+    from atlas_pipeline.config import config_dir
+    from atlas_pipeline.config.paths import describe_config_dir
+    from atlas_pipeline.config_check import check_backtest
 
     settings = _backtest_settings(args.name)
     symbols = args.symbol or settings.symbols
     for symbol in symbols:
         if symbol not in settings.symbols:
             raise UsageError(f"backtest {args.name!r} does not cover {symbol!r} (symbols: {settings.symbols})")
+    check_backtest(settings, config_dir())  # strategy file and params: exit 2 now, not a failed run later
     instance = dagster_instance()
-    print(f"atlas backtest: {args.name} on {', '.join(symbols)}; Dagster instance {os.environ['DAGSTER_HOME']}", file=sys.stderr)
+    print(
+        f"atlas backtest: {args.name} on {', '.join(symbols)}; config {describe_config_dir()}; "
+        f"Dagster instance {os.environ['DAGSTER_HOME']}",
+        file=sys.stderr,
+    )
     runs = materialize_backtests(build_definitions(), instance, [settings], symbols)
     results = ResultStore(CandleStore().root)
     reasons = []
@@ -242,7 +275,13 @@ def cmd_backtest(args: argparse.Namespace) -> None:
             continue
         result = results.load_result(args.name, symbol)
         print(f"\n## {args.name} {symbol} ({result.bars:,} bars after {result.warmup_bars} warm-up)\n")
-        print(metrics_table_markdown(results.load_metrics(args.name, symbol) or {}))
+        coverage = stored_coverage(settings, symbol, results)
+        if coverage is not None and coverage.warning:
+            print(f"**Warning: {coverage.warning}**\n")
+            print(f"atlas backtest: warning: {args.name} {symbol}: {coverage.warning}", file=sys.stderr)
+        metrics = results.load_metrics(args.name, symbol) or {}
+        metrics.pop("warnings", None)  # printed above
+        print(metrics_table_markdown(metrics))
         print(f"\nresults: {results.url(results.folder(args.name, symbol))}")
     reasons += [f"{run.label}: {run.failure_reason()}" for run in runs[len(symbols):] if not run.success]
     if reasons:
@@ -285,17 +324,43 @@ def ui_command(port: int | None = None, host: str | None = None) -> list[str]:
 
 def cmd_ui(args: argparse.Namespace) -> None:
     """The Dagster UI and daemon on the CLI's instance."""
+    from atlas_pipeline.config import config_dir
+    from atlas_pipeline.supervise import run_supervised
+
+    _warn_about_backtests()
     dagster_instance()  # makes sure DAGSTER_HOME is set (and created) as the other commands do
+    os.environ["ATLAS_CONFIG"] = str(config_dir())  # the UI reads exactly the config announced above
     command = ui_command(args.port, args.host)
-    print(f"atlas ui: {' '.join(command)} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", file=sys.stderr)
-    os.execv(command[0], command)
+    print(f"atlas ui: {' '.join(command)} (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); SIGTERM or Ctrl-C stops it", file=sys.stderr)
+    code = run_supervised(command)
+    if code not in (0, 128 + signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGHUP):
+        raise CommandFailed(f"{Path(command[0]).name} dev exited with code {code}")
+
+
+def _warn_about_backtests() -> None:
+    """One line per configured backtest whose strategy or params are wrong; the UI still starts
+    (the others work), and materializing that one fails with the same reason."""
+    from atlas_pipeline.config import config_dir, load_exchanges_config
+    from atlas_pipeline.config.backtests import load_backtests_config
+    from atlas_pipeline.config_check import backtest_problems
+
+    folder = config_dir()
+    backtests = load_backtests_config(load_exchanges_config(folder), folder).backtests.values()
+    for problem in backtest_problems(backtests, folder):
+        print(f"atlas: warning: {problem}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from atlas_pipeline.commands import adhoc_backtest, data, strategies
     from atlas_pipeline.commands.timerange import add_range_arguments
 
-    parser = argparse.ArgumentParser(prog="atlas", description="Atlas crypto research pipeline")
+    parser = argparse.ArgumentParser(
+        prog="atlas",
+        description="Atlas crypto research pipeline",
+        epilog="Exit codes: 0 success, 1 a run or request failed, 2 bad arguments or configuration, 130 interrupted. "
+        "A failure prints one line and where the full log is; --verbose shows Dagster's events and tracebacks.",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show every Dagster event and traceback (also after the command)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     fetch = commands.add_parser("fetch", help="materialize OHLCV partitions through Dagster, in-process")
@@ -356,26 +421,62 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from atlas_pipeline.cli_console import CommandConsole
     from atlas_pipeline.config import ConfigError
 
-    args = build_parser().parse_args(argv)
-    try:
-        args.handler(args)
-    except (UsageError, ConfigError) as error:
-        print(f"atlas: error: {error}", file=sys.stderr)
-        return 2
-    except CommandFailed as error:
-        print(f"atlas: failed: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("atlas: interrupted", file=sys.stderr)
-        return 130
-    except BaseException as error:  # Dagster's own Ctrl-C, when it lands outside a step
-        if type(error).__name__ != "DagsterExecutionInterruptedError":
-            raise
-        print("atlas: interrupted", file=sys.stderr)
-        return 130
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv  # accepted anywhere: `atlas fetch ... --verbose` too
+    args = build_parser().parse_args([a for a in argv if a != "--verbose"])
+    with CommandConsole(args.command, verbose) as console:
+        try:
+            if args.command not in NO_CONFIG_COMMANDS:
+                announce_config(args.command)
+            args.handler(args)
+        except (UsageError, ConfigError) as error:
+            console.fail(f"atlas: error: {error}", error)
+            return 2
+        except CommandFailed as error:
+            console.fail(f"atlas: failed: {error}", error)
+            return 1
+        except KeyboardInterrupt as error:
+            console.fail("atlas: interrupted", error)
+            return 130
+        except BaseException as error:  # noqa: BLE001 - a bug or Dagster's own Ctrl-C: one line, traceback in the log
+            if type(error).__name__ == "DagsterExecutionInterruptedError":
+                console.fail("atlas: interrupted", error)
+                return 130
+            if isinstance(error, SystemExit):
+                raise
+            console.fail(f"atlas: failed: unexpected {type(error).__name__}: {error}", error)
+            return 1
+    if args.command in FAST_EXIT_COMMANDS:
+        _exit_now(0)
     return 0
+
+
+FAST_EXIT_COMMANDS = frozenset({"ui"})
+"""Commands that leave the process at once when done: after `atlas ui` stops, finalizing the
+interpreter (Dagster's gRPC modules, in C) took another 5.5 s (measured), past the 10 s that
+`docker stop` and process managers allow; there is nothing left to clean up by then."""
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+NO_CONFIG_COMMANDS = frozenset({"emulator", "demo", "fetch", "backtest"})
+"""Commands that do not get the config line first: the emulator reads no config, the demo writes
+its own and says where, fetch and backtest name it in their first line (every config error names
+its file anyway), which keeps a failure within five lines."""
+
+
+def announce_config(command: str) -> None:
+    """The config folder this command reads, and why, so CLI and UI never silently disagree."""
+    from atlas_pipeline.config.paths import describe_config_dir
+
+    print(f"atlas {command}: config {describe_config_dir()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

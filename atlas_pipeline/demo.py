@@ -1,30 +1,24 @@
 """The offline demo: the real pipeline against the exchange emulator, into the local store.
 
-It starts the emulator with seeded synthetic Binance markets, writes a config that points ccxt at
-it, and materializes the last N days of every market and timeframe through the Dagster assets
-(one run per market, as a backfill would), in the instance the Dagster UI will show.
+It writes its config into the data home (``$ATLAS_HOME/config``, which every later ``atlas``
+command and ``atlas ui`` then read): a Binance entry served by the exchange emulator with seeded
+synthetic markets (``emulator: {synthetic: 7}``, started inside each process that fetches) and
+three backtests. Then it materializes the last N days of every market and timeframe through the
+Dagster assets (one run per market, as a backfill would), in the instance the Dagster UI will show.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import yaml
 
 DEMO_SEED = 7
-DEMO_PORT = 8765
 DEMO_MARKETS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
 DEMO_TIMEFRAMES = ["1h", "1d"]
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 def demo_backtests(start: dt.date, days: int = 90) -> dict[str, dict]:
@@ -52,54 +46,89 @@ def demo_backtests(start: dt.date, days: int = 90) -> dict[str, dict]:
     }
 
 
-def write_demo_config(folder: Path, api_url: str, backtests_from: dt.date | None = None, days: int = 90) -> Path:
-    """The demo's ``exchanges.yaml`` (ccxt -> emulator) and, with ``backtests_from``, ``backtests.yaml``."""
+DEMO_MARKER = "# Written by `atlas demo`"
+"""First line of the config files the demo writes; it overwrites only files that carry it."""
+
+
+def write_demo_config(
+    folder: Path, api_url: str | None = None, backtests_from: dt.date | None = None, days: int = 90
+) -> Path:
+    """The demo's ``exchanges.yaml`` and, with ``backtests_from``, ``backtests.yaml``.
+
+    Without ``api_url`` the exchange entry is ``emulator: {synthetic: DEMO_SEED}``: every process
+    that fetches serves the demo's markets itself, so later commands need no emulator running.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    source = {"api_url": api_url} if api_url else {"emulator": {"synthetic": DEMO_SEED}}
     config = {
         "exchanges": {
             "binance": {
                 "timeframes": DEMO_TIMEFRAMES,
                 "markets": DEMO_MARKETS,
                 "history_start": "2017-01-01",
-                "api_url": api_url,
+                **source,
                 "min_request_interval_ms": 0,
             }
         }
     }
     path = folder / "exchanges.yaml"
-    path.write_text("# Written by `atlas demo`: ccxt talks to the local exchange emulator.\n" + yaml.safe_dump(config))
+    _write(path, f"{DEMO_MARKER}: ccxt talks to Atlas's exchange emulator (synthetic Binance markets).\n"
+                 "# For the real exchange use a data home without this folder, or ATLAS_CONFIG (README, Configuration).\n"
+                 + yaml.safe_dump(config, sort_keys=False))
     backtests = folder / "backtests.yaml"
     if backtests_from is not None:
-        backtests.write_text("# Written by `atlas demo`.\n" + yaml.safe_dump({"backtests": demo_backtests(backtests_from, days)}))
+        _write(backtests, f"{DEMO_MARKER}.\n" + yaml.safe_dump({"backtests": demo_backtests(backtests_from, days)}, sort_keys=False))
     elif backtests.exists():
         backtests.unlink()
     return folder
 
 
+def _write(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def demo_config_dir() -> Path:
+    """Where the demo writes its config: the data home's own ``config/`` (``config.paths``), which
+    every later command and ``atlas ui`` then use. A folder there that the demo did not write is
+    the user's: the demo refuses to overwrite it."""
+    from atlas_pipeline.cli import UsageError
+    from atlas_pipeline.config.paths import home_config_dir
+
+    folder = home_config_dir()
+    if folder is None:
+        raise UsageError("atlas demo needs a local ATLAS_HOME (a folder, not a URL)")
+    for name in ("exchanges.yaml", "backtests.yaml"):
+        file = folder / name
+        if file.exists() and not file.read_text(errors="replace").startswith(DEMO_MARKER):
+            raise UsageError(f"{file} was not written by atlas demo; run the demo with another ATLAS_HOME")
+    return folder
+
+
 def run_demo(days: int = 90) -> None:
-    from atlas_pipeline.cli import CommandFailed, dagster_instance
+    from atlas_pipeline.cli import CommandFailed, UsageError, dagster_instance
     from atlas_pipeline.config import load_exchanges_config
     from atlas_pipeline.config.backtests import load_backtests_config
     from atlas_pipeline.defs.definitions import build_definitions
     from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
     from atlas_pipeline.defs.research.launch import materialize_backtests
-    from atlas_pipeline.market_data.emulator import build_emulator
     from atlas_pipeline.market_data.store import CandleStore
     from atlas_pipeline.research.result_store import ResultStore
     from atlas_pipeline.research_runs import leaderboard, leaderboard_markdown, write_backtest_report
 
+    if os.environ.get("ATLAS_CONFIG"):
+        raise UsageError("ATLAS_CONFIG is set: the demo writes its own config into the data home; unset it")
     store = CandleStore()
+    config_dir = demo_config_dir()
     instance = dagster_instance()
     today = dt.datetime.now(dt.UTC).date()
     start, end = today - dt.timedelta(days=days), today + dt.timedelta(days=1)
-    port = DEMO_PORT if _port_free(DEMO_PORT) else 0
-    with build_emulator(synthetic_seed=DEMO_SEED, port=port) as emulator:
-        config_dir = write_demo_config(Path(store.root) / "demo" / "config", emulator.base_url, backtests_from=start, days=days)
-        os.environ["ATLAS_CONFIG"] = str(config_dir)
-        defs = build_definitions(config_dir)
-        print(f"atlas demo: emulator at {emulator.base_url}; materializing {start}..{today} "
-              f"for {', '.join(DEMO_MARKETS)} at {', '.join(DEMO_TIMEFRAMES)}", file=sys.stderr)
-        runs = materialize_ohlcv_range(defs, instance, "binance", DEMO_TIMEFRAMES, DEMO_MARKETS, start, end)
+    write_demo_config(config_dir, backtests_from=start, days=days)
+    defs = build_definitions(config_dir)
+    print(f"atlas demo: config {config_dir} (emulated Binance, seed {DEMO_SEED}); materializing {start}..{today} "
+          f"for {', '.join(DEMO_MARKETS)} at {', '.join(DEMO_TIMEFRAMES)}", file=sys.stderr)
+    runs = materialize_ohlcv_range(defs, instance, "binance", DEMO_TIMEFRAMES, DEMO_MARKETS, start, end)
     failed = [run for run in runs if not run.success]
     if failed:
         raise CommandFailed(f"{failed[0].label}: {failed[0].failure_reason()}")
@@ -128,8 +157,7 @@ def run_demo(days: int = 90) -> None:
     print(f"\nData:            {store.root}/ohlcv, backtests in {store.root}/backtests")
     print("Reports:         " + "\n                 ".join(str(path) for path in reports))
     print(f"Dagster runs:    {os.environ['DAGSTER_HOME']} ({len(runs) + len(research_runs)} runs)")
-    bin_dir = Path(sys.executable).parent
-    print("Open the UI:     "
-          f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} ATLAS_CONFIG={config_dir} {bin_dir / 'atlas'} ui")
-    print(f"Fetch more:      {bin_dir / 'atlas'} emulator --synthetic {DEMO_SEED} --port {urlsplit(emulator.base_url).port}   "
-          "(then materialize or backfill from the UI)")
+    print(f"Config:          {config_dir} (every atlas command and atlas ui now use it)")
+    print("Open the UI:     atlas ui")
+    print("Fetch more:      atlas fetch --exchange binance --symbol BTC/USDT --timeframe 1h --start <date>   "
+          "(the emulated exchange starts inside each run)")

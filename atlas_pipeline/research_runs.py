@@ -24,6 +24,7 @@ from atlas_pipeline.market_data.candles import timeframe_ms
 from atlas_pipeline.market_data.funding import funding_interval
 from atlas_pipeline.market_data.store import FUNDING_RATES, MARK_PRICE_CANDLES, CandleStore
 from atlas_pipeline.research import engine, walkforward
+from atlas_pipeline.research.data_coverage import DataCoverage, period_coverage
 from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
 from atlas_pipeline.research.engine import BacktestSpec
 from atlas_pipeline.research.engine.exits import split_params, with_params
@@ -116,6 +117,7 @@ class BacktestRun:
     lookahead: LookaheadReport
     sweep: SweepResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    coverage: DataCoverage | None = None
 
 
 class NoCandidatePassed(ValueError):
@@ -160,8 +162,21 @@ def run_backtest(
     assert single.lookahead is not None
     saving = time.perf_counter()
     folder = results.save_result(settings.name, symbol, single.result)
+    coverage = backtest_coverage(settings, symbol, store)
+    results.save_coverage(settings.name, symbol, coverage.as_dict())
     seconds.update(single.seconds, save=time.perf_counter() - saving)
-    return BacktestRun(single.result, folder, spec, single.lookahead, sweep, seconds)
+    return BacktestRun(single.result, folder, spec, single.lookahead, sweep, seconds, coverage)
+
+
+def backtest_coverage(settings: BacktestSettings, symbol: str, store: CandleStore) -> DataCoverage:
+    """How much of the backtest's period the stored candles cover (thin data is warned about)."""
+    return period_coverage(store, settings.exchange, symbol, settings.timeframe, settings.period.start, settings.period.end)
+
+
+def stored_coverage(settings: BacktestSettings, symbol: str, results: ResultStore) -> DataCoverage | None:
+    """The coverage recorded by the backtest run that produced the stored result."""
+    stored = results.load_coverage(settings.name, symbol)
+    return DataCoverage(**stored) if stored else None
 
 
 def _rejections(table: pd.DataFrame) -> str:
@@ -214,6 +229,8 @@ class MetricsRun:
     charts: dict[str, bytes]
     chart_paths: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
+    coverage: DataCoverage | None = None
+    """Of the candles the backtest ran on; its ``warning`` says when they are thin."""
 
 
 def compute_backtest_metrics(settings: BacktestSettings, symbol: str, results: ResultStore) -> MetricsRun:
@@ -230,10 +247,13 @@ def compute_backtest_metrics(settings: BacktestSettings, symbol: str, results: R
         "trades": trades_chart(result.close, result.trades, title),
     }  # the names in CHARTS
     drawn = time.perf_counter()
-    results.save_metrics(settings.name, symbol, metrics)
+    coverage = stored_coverage(settings, symbol, results)
+    warnings = [coverage.warning] if coverage is not None and coverage.warning else []
+    # the report shows a market's stored "warnings" at the top of its section (backtest_report)
+    results.save_metrics(settings.name, symbol, {**metrics, **({"warnings": warnings} if warnings else {})})
     paths = {chart: results.save_chart(settings.name, symbol, chart, png) for chart, png in charts.items()}
     seconds = {"metrics": computed - started, "charts": drawn - computed, "save": time.perf_counter() - drawn}
-    return MetricsRun(metrics, charts, paths, seconds)
+    return MetricsRun(metrics, charts, paths, seconds, coverage)
 
 
 def leaderboard(backtests: Iterable[BacktestSettings], results: ResultStore) -> pd.DataFrame:

@@ -36,3 +36,20 @@ def _no_defs_state_storage_left_behind():
 
     with set_defs_state_storage(None):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _atlas_home_outside_the_users(tmp_path_factory: pytest.TempPathFactory):
+    """Tests that set no ``ATLAS_HOME`` use a temporary one, never the user's ``~/.atlas``: a
+    ``~/.atlas/config`` written by ``atlas demo`` would otherwise replace the checkout's config
+    (``config.paths``), and command logs would land there."""
+    import os
+
+    if os.environ.get("ATLAS_HOME"):
+        yield
+        return
+    os.environ["ATLAS_HOME"] = str(tmp_path_factory.mktemp("atlas_home"))
+    try:
+        yield
+    finally:
+        os.environ.pop("ATLAS_HOME", None)

@@ -48,8 +48,8 @@ def artifacts_dir() -> Path:
 class DagsterDev:
     """``atlas ui`` = ``dagster dev -w workspace.yaml`` (webserver + daemon) on a loopback port.
 
-    ``dagster dev`` does not exit on SIGTERM/SIGINT (DESIGN.md section 10), so it runs in its own
-    session and ``stop()`` signals the whole process group: SIGTERM, then SIGKILL.
+    ``atlas ui`` runs ``dagster dev`` under ``atlas_pipeline.supervise``, which stops the whole tree
+    on SIGTERM; it runs in its own session and ``stop()`` signals that group: SIGTERM, then SIGKILL.
     """
 
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
@@ -64,7 +64,7 @@ class DagsterDev:
     def start(self, timeout: float = 120) -> DagsterDev:
         atlas = Path(sys.executable).parent / "atlas"
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(  # `atlas ui` execs `dagster dev` in this process, as users start it
+        self.process = subprocess.Popen(  # `atlas ui`, as users start it
             [str(atlas), "ui", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=REPO_ROOT,
             env=self._env,

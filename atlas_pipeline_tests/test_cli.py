@@ -42,7 +42,8 @@ def env(tmp_path: Path, emulator_factory) -> dict[str, str]:
 
 
 def _last_line(result: subprocess.CompletedProcess) -> str:
-    return result.stderr.strip().splitlines()[-1]
+    """The command's last word: on failure the reason (the log file's path follows it)."""
+    return [line for line in result.stderr.strip().splitlines() if not line.startswith("atlas: full log: ")][-1]
 
 
 def test_fetch_materializes_the_range_through_dagster(env: dict[str, str], tmp_path: Path) -> None:
@@ -72,7 +73,8 @@ def test_fetch_materializes_the_range_through_dagster(env: dict[str, str], tmp_p
 def test_bad_arguments_exit_2_with_one_line(env: dict[str, str], args: list[str], message: str) -> None:
     result = atlas("fetch", "--exchange", "binance", *args, env=env, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and message in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()  # the reason, then where the full log is
+    assert len(lines) == 2 and message in lines[0] and lines[1].startswith("atlas: full log: "), result.stderr
 
 
 def test_bad_config_exits_2_naming_the_file(env: dict[str, str], tmp_path: Path) -> None:

@@ -225,7 +225,7 @@ def test_a_strategy_that_ends_its_process_fails_the_backtest_with_one_line(tmp_p
     }
     result = subprocess.run(atlas_command("backtest", "ends"), env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    last = result.stderr.strip().splitlines()[-1]
+    last = result.stderr.strip().splitlines()[-2]  # then where the full log is
     assert last.startswith("atlas: failed: ends ETH/BTC: backtest/ends ETH/BTC: strategy 'ends'") and reason in last, last
     assert "## ends" not in result.stdout  # no result printed
     instance = dg.DagsterInstance.from_config(str(tmp_path / "atlas_home" / "dagster_home"))

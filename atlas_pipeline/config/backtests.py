@@ -266,6 +266,20 @@ class BacktestSettings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _not_in_future(self) -> BacktestSettings:
+        tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+        if self.period.start >= tomorrow:
+            raise FieldError(
+                "period.start", self.period.start.isoformat(), f"is in the future (today is {tomorrow - dt.timedelta(days=1)} UTC)"
+            )
+        if self.period.end is not None and self.period.end > tomorrow:
+            raise FieldError(
+                "period.end", self.period.end.isoformat(),
+                f"is in the future: at most {tomorrow} (exclusive), or leave end out to run through the newest candle",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sweep_settings(self) -> BacktestSettings:
         if self.grid is None:
             for key in ("walk_forward", "objective", "filters"):

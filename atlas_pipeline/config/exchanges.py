@@ -72,6 +72,21 @@ class UniverseRules(BaseModel):
         return values
 
 
+class EmulatorSettings(BaseModel):
+    """Serve the exchange from Atlas's emulator, started inside each process that fetches (no
+    server to keep running): seeded synthetic markets, the same candles in every process. What
+    ``atlas demo`` configures; remove the key (or point ``ATLAS_CONFIG`` elsewhere) for the real
+    exchange."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    synthetic: int = Field(ge=0)
+    """The seed of the synthetic markets (``atlas emulator --synthetic SEED`` serves the same)."""
+
+
+EMULATED_EXCHANGES = ("binance", "okx")
+
+
 class ExchangeSettings(BaseModel):
     """One exchange: its markets (a list, or universe rules) and timeframes, and how to reach it."""
 
@@ -85,6 +100,7 @@ class ExchangeSettings(BaseModel):
     history_start: dt.date = DEFAULT_HISTORY_START
     request_limit: int | None = Field(default=None, ge=1)
     api_url: str | None = None
+    emulator: EmulatorSettings | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     min_request_interval_ms: int | None = Field(default=None, ge=0)
     max_retries: int = Field(default=5, ge=0)
@@ -168,6 +184,14 @@ class ExchangeSettings(BaseModel):
             base_quote, settle = market.split(":")
             if base_quote.split("/")[1] != settle:
                 raise FieldError("markets", market, "only linear swaps (settled in the quote currency, e.g. BTC/USDT:USDT)")
+        return self
+
+    @model_validator(mode="after")
+    def _emulator_or_url(self) -> ExchangeSettings:
+        if self.emulator is not None and self.api_url is not None:
+            raise FieldError("emulator", {"synthetic": self.emulator.synthetic}, "give either emulator or api_url, not both")
+        if self.emulator is not None and self.id not in EMULATED_EXCHANGES:
+            raise FieldError("emulator", {"synthetic": self.emulator.synthetic}, f"the emulator speaks {', '.join(EMULATED_EXCHANGES)} only")
         return self
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ import dagster as dg
 import pandas as pd
 
 from atlas_pipeline.config import ExchangeSettings
+from atlas_pipeline.config.exchanges import EXCHANGES_FILE
 from atlas_pipeline.defs.market_data.assets import MARKET_DATA_GROUP, exchange_connection
 from atlas_pipeline.market_data.exchange_client import ExchangeClient
 from atlas_pipeline.defs.market_data.partitions import universe_partitions_name
@@ -51,7 +52,7 @@ def build_exchange_metadata_asset(settings: ExchangeSettings, metadata_file: Pat
         metadata={"exchange": settings.id, "file": str(metadata_file)},
     )
     def exchange_metadata(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        client = ExchangeClient(exchange_connection(settings), log=context.log)
+        client = ExchangeClient(exchange_connection(settings, metadata_file.parent / EXCHANGES_FILE), log=context.log)
         previous = read_metadata(metadata_file, settings.id) if settings.universe is not None else None
         metadata = collect_exchange_metadata(
             client, settings.markets, settings.timeframes, settings.metadata_top_n, settings.universe, previous

@@ -52,6 +52,11 @@ class ExchangeRequestError(RuntimeError):
     """A request that failed for good; the message names exchange, market and the request."""
 
 
+NOT_LISTED_MESSAGE = "does not list market"
+"""In the error for a configured market the exchange does not list: a config mistake, which the
+CLI recognises in a run's failure to exit 2 rather than 1."""
+
+
 @dataclass
 class ExchangeConnection:
     """How to reach one exchange (plain values, so this layer needs no config import)."""
@@ -62,6 +67,8 @@ class ExchangeConnection:
     request_limit: int = 1000
     min_request_interval_ms: int | None = None
     max_retries: int = 5
+    config_file: str | None = None
+    """The exchanges.yaml this connection comes from, named in errors a config edit fixes."""
     credentials: dict[str, str] = field(default_factory=dict, repr=False)
     swaps: bool = False
     """Perpetual swaps (``BTC/USDT:USDT``) are among the markets: load their markets too."""
@@ -179,8 +186,8 @@ class ExchangeClient:
         markets = self.load_markets()
         if symbol not in markets:
             raise ExchangeRequestError(
-                f"{self.connection.exchange_id} does not list market {symbol!r} "
-                f"({len(markets)} markets listed; check config/exchanges.yaml)"
+                f"{self.connection.exchange_id} {NOT_LISTED_MESSAGE} {symbol!r} "
+                f"({len(markets)} markets listed; check {self.connection.config_file or 'exchanges.yaml'})"
             )
 
     def fetch_tickers(self) -> dict[str, Any]:

@@ -106,6 +106,16 @@ class ResultStore:
         path = f"{self.folder(name, symbol)}/metrics.json"
         return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
 
+    def save_coverage(self, name: str, symbol: str, coverage: Mapping[str, Any]) -> str:
+        """How much of the period the candles the backtest ran on cover (``data_coverage``)."""
+        path = f"{self.folder(name, symbol)}/coverage.json"
+        self._write(path, json.dumps(dict(coverage), indent=2).encode())
+        return path
+
+    def load_coverage(self, name: str, symbol: str) -> dict[str, Any] | None:
+        path = f"{self.folder(name, symbol)}/coverage.json"
+        return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
+
     def save_chart(self, name: str, symbol: str, chart: str, png: bytes) -> str:
         path = self._chart_path(name, symbol, chart)
         self._write(path, png)

@@ -29,10 +29,12 @@ from pathlib import Path
 import dagster as dg
 
 from atlas_pipeline.config import ExchangeSettings
+from atlas_pipeline.config.exchanges import EXCHANGES_FILE
 from atlas_pipeline.defs.market_data.checks import check_results, ohlcv_check_specs
 from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL, ohlcv_partitions, swap_markets, symbols_by_key
 from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.candles import ms_to_iso, symbol_key
+from atlas_pipeline.market_data.emulator.in_process import in_process_emulator
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
 from atlas_pipeline.market_data.exchange_metadata import flagged_markets
 from atlas_pipeline.market_data.ingest import DayReport, IngestReport, IngestRequestFailed, ingest_days
@@ -54,10 +56,16 @@ def ohlcv_asset_key(exchange: str, timeframe: str, dataset: Dataset = CANDLES) -
     return dg.AssetKey([dataset.name, exchange, timeframe])
 
 
-def exchange_connection(settings: ExchangeSettings) -> ExchangeConnection:
+def exchange_connection(settings: ExchangeSettings, config_file: Path | None = None) -> ExchangeConnection:
+    """How to reach the exchange; an ``emulator:`` entry starts the in-process emulator here, at
+    run time (never at definitions load). ``config_file``: the exchanges.yaml errors point to."""
+    api_url = settings.api_url
+    if settings.emulator is not None:
+        api_url = in_process_emulator(settings.id, settings.emulator.synthetic)
     return ExchangeConnection(
         exchange_id=settings.id,
-        api_url=settings.api_url,
+        api_url=api_url,
+        config_file=str(config_file) if config_file is not None else None,
         timeout_seconds=settings.timeout_seconds,
         request_limit=settings.effective_request_limit,
         min_request_interval_ms=settings.min_request_interval_ms,
@@ -128,7 +136,8 @@ def _ohlcv_asset(
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetMaterialization | dg.DagsterEvent]:
         days_by_symbol = _days_by_symbol(context)
         store = candle_store.get_store(dataset)
-        client = ExchangeClient(exchange_connection(settings), log=context.log)
+        config_file = metadata_file.parent / EXCHANGES_FILE if metadata_file is not None else None
+        client = ExchangeClient(exchange_connection(settings, config_file), log=context.log)
         if mark:
             client = client.for_price("mark")
         archive = exchange_archive(settings, context.log) if not mark else None  # the archive has trade candles
@@ -229,7 +238,8 @@ def _record_partitions(
         for day in days_by_symbol[by_symbol[symbol]]
     ]
     yield from _batched(context, materializations)
-    context.log.info(f"{key.to_user_string()}: recorded {len(materializations):,} partition materializations of what was stored")
+    if materializations:
+        context.log.info(f"{key.to_user_string()}: recorded {len(materializations):,} partition materializations of what was stored")
     return len(materializations)
 
 

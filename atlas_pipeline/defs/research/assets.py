@@ -10,7 +10,7 @@ gets no metrics.
 
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import dagster as dg
 
@@ -23,6 +23,7 @@ from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.candles import ms_to_iso, symbol_key
 from atlas_pipeline.research.charts import png_markdown
 from atlas_pipeline.market_data.store import MARK_PRICE_CANDLES
+from atlas_pipeline.research.data_coverage import DataCoverage
 from atlas_pipeline.research.engine import StrategyError
 from atlas_pipeline.research.engine.perps import MissingFundingError
 from atlas_pipeline.research.metrics import metrics_table_markdown
@@ -144,6 +145,8 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
             raise dg.Failure(description=f"{key.to_user_string()} {symbol}: {error}", allow_retries=False) from error
         result = run.result
         context.log.info(f"{settings.name} {symbol}: {result.bars:,} bars, {len(result.trades)} trades; {run.lookahead.message}")
+        if run.coverage is not None and run.coverage.warning:
+            context.log.warning(f"{settings.name} {symbol}: {run.coverage.warning}")
         funding_result = dg.AssetCheckResult(
             check_name=FUNDING_CHECK,
             passed=True,
@@ -161,6 +164,7 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
                 "commission": settings.taker_fee(),
                 "results": dg.MetadataValue.path(run.folder),
                 **(_sweep_metadata(run.sweep, run) if run.sweep is not None else {}),
+                **_coverage_metadata(run.coverage),
                 **{f"seconds_{stage}": round(value, 3) for stage, value in run.seconds.items()},
             },
             check_results=[_lookahead_check_result(run), *([funding_result] if swap else [])],
@@ -190,11 +194,19 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
                 "equity_drawdown_chart": dg.MetadataValue.md(png_markdown(run.charts["equity_drawdown"], "equity and drawdown")),
                 "trades_chart": dg.MetadataValue.md(png_markdown(run.charts["trades"], "trades on price")),
                 **{f"{chart}_png": dg.MetadataValue.path(path) for chart, path in run.chart_paths.items()},
+                **_coverage_metadata(run.coverage),
                 **{f"seconds_{stage}": round(value, 3) for stage, value in run.seconds.items()},
             }
         )
 
     return [backtest, metrics]
+
+
+def _coverage_metadata(coverage: DataCoverage | None) -> dict[str, Any]:
+    """Days of the period with candles, and ``data_warning`` (empty when they cover it all)."""
+    if coverage is None:
+        return {}
+    return {**coverage.numbers(), "data_warning": coverage.warning or ""}
 
 
 R = TypeVar("R")
