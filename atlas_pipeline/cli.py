@@ -80,8 +80,8 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     from atlas_pipeline.config import load_exchanges_config
     from atlas_pipeline.defs.market_data.launch import materialize_ohlcv_range
     from atlas_pipeline.config.paths import describe_config_dir
-    from atlas_pipeline.defs.definitions import build_definitions
     from atlas_pipeline.market_data.exchange_client import NOT_LISTED_MESSAGE
+    from atlas_pipeline.market_data.store import CandleStore
 
     try:
         settings = load_exchanges_config().get(args.exchange)
@@ -122,7 +122,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     summary = FetchSummary(args.exchange, symbols, timeframes, start, end)
     with progress_bars():
         runs = materialize_ohlcv_range(
-            build_definitions(),
+            _build_definitions,  # only when a run is needed: an up-to-date range needs neither it nor ccxt's exchange code
             instance,
             args.exchange,
             timeframes,
@@ -132,6 +132,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
             full_refresh=args.full_refresh,
             only_needed=True,
             say=lambda line: print(line, file=sys.stderr),
+            store=CandleStore(),  # the definitions' store: CandleStoreResource's default root, $ATLAS_HOME
         )
     for run in runs:
         if run.success:  # a failed one is the command's last line
@@ -143,6 +144,12 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         if NOT_LISTED_MESSAGE in reason:  # a configured market the exchange does not list: config
             raise UsageError(reason)
         raise CommandFailed(reason)
+
+
+def _build_definitions():
+    from atlas_pipeline.defs.definitions import build_definitions
+
+    return build_definitions()
 
 
 def _refuse_future(start: dt.date, end: dt.date) -> None:

@@ -31,6 +31,7 @@ import dagster as dg
 from atlas_pipeline.config import ExchangeSettings
 from atlas_pipeline.config.exchanges import EXCHANGES_FILE
 from atlas_pipeline.defs.market_data.checks import check_results, ohlcv_check_specs
+from atlas_pipeline.defs.market_data.keys import ohlcv_asset_key  # noqa: F401 - defined there, used here and by callers
 from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL, ohlcv_partitions, swap_markets, symbols_by_key
 from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.candles import ms_to_iso, symbol_key
@@ -49,11 +50,6 @@ class OhlcvRunConfig(dg.Config):
 
     full_refresh: bool = False
     """Refetch days already stored complete (default: keep them and fetch only what is missing)."""
-
-
-def ohlcv_asset_key(exchange: str, timeframe: str, dataset: Dataset = CANDLES) -> dg.AssetKey:
-    """``ohlcv/<exchange>/<timeframe>``, or ``markprice/...`` for perpetual swaps' mark prices."""
-    return dg.AssetKey([dataset.name, exchange, timeframe])
 
 
 def exchange_connection(settings: ExchangeSettings, config_file: Path | None = None) -> ExchangeConnection:
