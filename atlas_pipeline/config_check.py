@@ -13,25 +13,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from atlas_pipeline.config.backtests import BACKTESTS_FILE, BacktestSettings
 from atlas_pipeline.config.errors import ConfigError
 from atlas_pipeline.config.exchanges import EXCHANGES_FILE, ExchangeSettings
 from atlas_pipeline.market_data.exchange_metadata import NOT_LISTED, metadata_path, read_metadata
-from atlas_pipeline.research.strategy_loader import (
-    StrategyError,
-    available_strategies,
-    load_strategy,
-    strategy_file,
-    strategy_params,
-    validate_params,
-)
+
+if TYPE_CHECKING:  # imported where used: `atlas fetch` checks markets without loading backtrader
+    from atlas_pipeline.config.backtests import BacktestSettings
 
 
 def check_backtest(settings: BacktestSettings, config_folder: Path, strategies_dir: Path | None = None) -> None:
     """The strategy file exists and imports; every param and grid value is one the strategy has,
     of its default's type (``strategy_loader.validate_params``)."""
+    from atlas_pipeline.config.backtests import BACKTESTS_FILE
+    from atlas_pipeline.research.strategy_loader import (
+        StrategyError,
+        available_strategies,
+        load_strategy,
+        strategy_file,
+        strategy_params,
+        validate_params,
+    )
+
     path = config_folder / BACKTESTS_FILE
     key = f"backtests.{settings.name}"
     file = strategy_file(settings.strategy, strategies_dir)
