@@ -211,7 +211,7 @@ class ExchangeSettings(BaseModel):
         if self.history_source == "archive":
             if self.id not in ARCHIVE_URLS:
                 raise FieldError("history_source", "archive", f"{self.id} has no public archive Atlas reads (archives: {sorted(ARCHIVE_URLS)})")
-            if self.api_url and not self.archive_url:
+            if (self.api_url or self.emulator is not None) and not self.archive_url:
                 raise FieldError(
                     "history_source", "archive",
                     "api_url points REST at another host: set archive_url too (the emulator serves the archive at its own URL)",
@@ -225,7 +225,8 @@ class ExchangeSettings(BaseModel):
             return None
         if self.archive_url:
             return self.archive_url
-        return None if self.api_url else ARCHIVE_URLS[self.id]
+        # REST pointed elsewhere (api_url, or the in-process emulator) and no archive_url: REST only
+        return None if (self.api_url or self.emulator is not None) else ARCHIVE_URLS[self.id]
 
     @cached_property
     def effective_request_limit(self) -> int:
