@@ -5,6 +5,7 @@ from __future__ import annotations
 import backtrader as bt
 
 from atlas_pipeline.research.strategy_base import FLAT, LONG, SHORT, AtlasStrategy
+from atlas_pipeline.research.vector import Bars, Signals, indicators
 
 
 class DonchianTrend(AtlasStrategy):
@@ -25,13 +26,28 @@ class DonchianTrend(AtlasStrategy):
 
     def __init__(self) -> None:
         super().__init__()
-        if self.p.entry_period < 1 or self.p.exit_period < 1:
-            raise ValueError(f"periods must be >= 1, got {self.p.entry_period}, {self.p.exit_period}")
+        self.check_params(self.p)
         high, low = self.data.high(-1), self.data.low(-1)
         self.entry_high = bt.ind.Highest(high, period=self.p.entry_period)
         self.entry_low = bt.ind.Lowest(low, period=self.p.entry_period)
         self.exit_high = bt.ind.Highest(high, period=self.p.exit_period)
         self.exit_low = bt.ind.Lowest(low, period=self.p.exit_period)
+
+    @staticmethod
+    def check_params(p) -> None:
+        if p.entry_period < 1 or p.exit_period < 1:
+            raise ValueError(f"periods must be >= 1, got {p.entry_period}, {p.exit_period}")
+
+    @classmethod
+    def vector_signals(cls, bars: Bars, p) -> Signals:
+        """The vectorized twin of ``next`` (``research/vector``)."""
+        cls.check_params(p)
+        high = lambda period: bars.cached(("highest", period), lambda: indicators.highest_before(bars.high, period))  # noqa: E731
+        low = lambda period: bars.cached(("lowest", period), lambda: indicators.lowest_before(bars.low, period))  # noqa: E731
+        close = bars.close
+        return Signals(first=max(p.entry_period, p.exit_period),
+                       long_entry=close > high(p.entry_period), short_entry=close < low(p.entry_period),
+                       long_exit=close < low(p.exit_period), short_exit=close > high(p.exit_period))
 
     def next(self) -> None:
         close, held = self.data.close[0], self.position.size

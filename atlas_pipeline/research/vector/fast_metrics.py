@@ -1,0 +1,104 @@
+"""``metrics.compute_metrics`` on arrays: the same numbers (docs/metrics.md) without building
+frames, so a screen of thousands of candidates spends its time on the candidates, not on pandas.
+
+Each formula mirrors ``research/metrics.py`` operation for operation (pandas' mean and sample
+std are a sum / count and ``sqrt(sum((x - mean)^2) / (n - 1))``); the test recomputes both on
+the same runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from atlas_pipeline.market_data.candles import DAY_MS
+from atlas_pipeline.research.metrics import PERIODS_PER_YEAR, SECONDS_PER_DAY, ratio
+
+
+def daily_equity_index(timestamp: np.ndarray) -> np.ndarray:
+    """For each UTC calendar day from the first bar's to the last's, the index of its last bar
+    (a day without bars points at the previous day's last bar: carried forward)."""
+    days = timestamp // DAY_MS
+    return np.searchsorted(days, np.arange(days[0], days[-1] + 1), side="right") - 1
+
+
+def daily_returns(equity: np.ndarray, day_index: np.ndarray) -> np.ndarray:
+    closes = equity[day_index]
+    return closes[1:] / closes[:-1] - 1
+
+
+def _drawdown(timestamp: np.ndarray, equity: np.ndarray) -> tuple[float, float]:
+    peaks = np.maximum.accumulate(equity)
+    depth = float(np.max(1.0 - equity / peaks))
+    underwater = equity < peaks
+    if not underwater.any():
+        return depth, 0.0
+    seconds = (timestamp - timestamp[0]) / 1000.0
+    n = len(equity)
+    index = np.arange(n)
+    before = np.maximum.accumulate(np.where(~underwater, index, 0))
+    after = np.minimum.accumulate(np.where(~underwater, index, n)[::-1])[::-1]
+    end = np.where(after < n, seconds[np.minimum(after, n - 1)], seconds[-1])
+    spans = end - seconds[before]
+    return depth, float(spans[underwater].max()) / SECONDS_PER_DAY
+
+
+def fast_metrics(
+    timestamp: np.ndarray,
+    equity: np.ndarray,
+    close: np.ndarray,
+    in_market: np.ndarray,
+    net_pnl: np.ndarray,
+    entry_value: np.ndarray,
+    day_index: np.ndarray | None = None,
+) -> tuple[dict[str, float | str], np.ndarray]:
+    """(metrics keyed as ``METRIC_DESCRIPTIONS``, daily returns) of one run's equity bars."""
+    if not len(equity):
+        raise ValueError("equity is empty: the backtest has no bars after warm-up")
+    first, last = float(equity[0]), float(equity[-1])
+    daily = daily_returns(equity, daily_equity_index(timestamp) if day_index is None else day_index)
+    n = len(daily)
+    if n >= 2:
+        mean = float(daily.sum() / n)
+        std = math.sqrt(float(((daily - mean) ** 2).sum()) / (n - 1))
+        downside = float(np.sqrt(np.mean(np.minimum(daily, 0.0) ** 2)))
+    else:
+        mean = std = downside = math.nan
+    annual = math.sqrt(PERIODS_PER_YEAR)
+    drawdown, duration = _drawdown(timestamp, equity)
+    years = (int(timestamp[-1]) - int(timestamp[0])) / 1000.0 / SECONDS_PER_DAY / PERIODS_PER_YEAR
+    growth = last / first
+    cagr = math.nan if years <= 0 else (growth ** (1.0 / years) - 1.0 if growth > 0 else -1.0)
+    metrics: dict[str, float | str] = {
+        "start": pd.Timestamp(int(timestamp[0]), unit="ms", tz="UTC").isoformat(),
+        "end": pd.Timestamp(int(timestamp[-1]), unit="ms", tz="UTC").isoformat(),
+        "final_equity": last,
+        "total_return": last / first - 1.0,
+        "cagr": cagr,
+        "annual_volatility": std * annual,
+        "sharpe": ratio(mean, std) * annual,
+        "sortino": ratio(mean, downside) * annual,
+        "calmar": ratio(cagr, drawdown),
+        "max_drawdown": drawdown,
+        "max_drawdown_duration_days": duration,
+        "exposure": float(np.mean(in_market)),
+    }
+    if len(net_pnl):
+        returns = net_pnl / entry_value
+        metrics.update({
+            "trade_count": float(len(net_pnl)),
+            "win_rate": float(np.mean(net_pnl > 0)),
+            "profit_factor": ratio(float(net_pnl[net_pnl > 0].sum()), float(-net_pnl[net_pnl < 0].sum())),
+            "expectancy": float(net_pnl.mean()),
+            "avg_trade_return": float(returns.mean()),
+            "best_trade_return": float(returns.max()),
+            "worst_trade_return": float(returns.min()),
+        })
+    else:
+        nan = math.nan
+        metrics.update({"trade_count": 0.0, "win_rate": nan, "profit_factor": nan, "expectancy": nan,
+                        "avg_trade_return": nan, "best_trade_return": nan, "worst_trade_return": nan})
+    metrics["buy_and_hold_return"] = float(close[-1] / close[0] - 1.0)
+    return metrics, daily
