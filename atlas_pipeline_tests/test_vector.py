@@ -60,7 +60,7 @@ def gapped() -> pd.DataFrame:
 
 
 def assert_twin_equals_engine(candles: pd.DataFrame, spec: BacktestSpec, timeframe: str,
-                              trade_from_ms: int | None = None) -> pd.DataFrame:
+                              trade_from_ms: int | None = None, metrics: bool = True) -> pd.DataFrame:
     result, signals = run_backtest_with_signals(candles, spec, timeframe, trade_from_ms=trade_from_ms)
     bars = Bars.from_candles(candles)
     trade_from_bar = None if trade_from_ms is None else int(np.searchsorted(bars.timestamp, trade_from_ms))
@@ -89,11 +89,13 @@ def assert_twin_equals_engine(candles: pd.DataFrame, spec: BacktestSpec, timefra
     assert (ms(trades["entry_time"]) == times[t["entry"]]).all()
     assert (ms(trades["exit_time"]) == times[t["exit"]]).all()
     assert list(trades["side"]) == ["long" if s > 0 else "short" for s in t["side"]]
-    for bt_name, twin_name in (("size", "size"), ("entry_price", "entry_price"), ("exit_price", "exit_price"),
+    for bt_name, twin_name in () if trades.empty else (("size", "size"), ("entry_price", "entry_price"), ("exit_price", "exit_price"),
                                ("fees", "fees"), ("gross_pnl", "gross_pnl")):
         np.testing.assert_allclose(trades[bt_name], t[twin_name], rtol=REL, atol=1e-12, err_msg=bt_name)
     assert (trades["bars_held"].to_numpy() == t["exit"] - t["entry"]).all()
     assert twin_mismatch(twin, result) is None
+    if not metrics:
+        return orders
     # the screen's metrics are compute_metrics' numbers
     fast, daily = twin.metrics()
     slow = compute_metrics(result.equity, result.trades, result.close)
@@ -133,11 +135,13 @@ def test_gapped_candles_do_refuse_orders(gapped):
 
 def test_twin_equals_engine_on_flat_prices():
     """A thin market whose price repeats: an SMA equal to the other must not read as a cross
-    (math.fsum's rounding, not a running sum). ADA-BTC 5m has long runs of equal closes."""
+    (math.fsum's rounding, not a running sum). ADA-BTC 5m repeats its close on 7 % of bars."""
     candles = shared_candles("binance_ADA-BTC_5m")
-    assert (np.diff(candles["close"].to_numpy()) == 0).mean() > 0.2
+    close = candles["close"].to_numpy()
+    assert (np.diff(close) == 0).mean() > 0.05
+    assert (sma(close, 3) == sma(close, 6)).sum() > 40  # exact ties, which a running sum would break
     for allow_short in (False, True):
-        spec = BacktestSpec("sma_crossover", {"fast": 5, "slow": 12, "allow_short": allow_short}, slippage=0.001)
+        spec = BacktestSpec("sma_crossover", {"fast": 3, "slow": 6, "allow_short": allow_short}, slippage=0.001)
         assert_twin_equals_engine(candles, spec, "5m")
 
 
@@ -158,7 +162,8 @@ def test_the_margin_case_of_the_engine_test():
         "timestamp": 1_700_000_000_000 + 60_000 * np.arange(len(close), dtype=np.int64),
         "open": open_, "high": np.maximum(open_, close), "low": np.minimum(open_, close), "close": close, "volume": 1.0,
     })
-    orders = assert_twin_equals_engine(candles, BacktestSpec("sma_crossover", {"fast": 2, "slow": 4}), "1m")
+    orders = assert_twin_equals_engine(candles, BacktestSpec("sma_crossover", {"fast": 2, "slow": 4}), "1m",
+                                       metrics=False)  # 15 minutes: CAGR overflows (in metrics.py too)
     assert list(orders["status"]) == ["margin", "completed"]
 
 
