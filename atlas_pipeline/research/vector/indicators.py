@@ -21,27 +21,29 @@ import numpy as np
 
 
 @numba.njit(cache=True)
-def _fsum(values: np.ndarray, lo: int, hi: int) -> float:
-    """``math.fsum(values[lo:hi])`` (CPython's algorithm: exact partials, then one rounding)."""
-    partials = np.empty(hi - lo + 1)
-    n = 0
-    for k in range(lo, hi):
-        x = values[k]
-        i = 0
-        for j in range(n):
-            y = partials[j]
-            if abs(x) < abs(y):
-                x, y = y, x
-            high = x + y
-            low = y - (high - x)
-            if low != 0.0:
-                partials[i] = low
-                i += 1
-            x = high
-        n = i
-        if x != 0.0:  # (CPython's inf/nan special cases are left out: candles are finite)
-            partials[n] = x
-            n += 1
+def _add(partials: np.ndarray, n: int, x: float) -> int:
+    """Add ``x`` to the exact sum held as non-overlapping ``partials[:n]`` (Shewchuk's grow step,
+    as in CPython's ``math.fsum``); returns the new count."""
+    i = 0
+    for j in range(n):
+        y = partials[j]
+        if abs(x) < abs(y):
+            x, y = y, x
+        high = x + y
+        low = y - (high - x)
+        if low != 0.0:
+            partials[i] = low
+            i += 1
+        x = high
+    if x != 0.0:  # (CPython's inf/nan special cases are left out: candles are finite)
+        partials[i] = x
+        i += 1
+    return i
+
+
+@numba.njit(cache=True)
+def _round(partials: np.ndarray, n: int) -> float:
+    """The exact sum ``partials[:n]`` rounded once, half to even (the end of ``math.fsum``)."""
     high = 0.0
     if n > 0:
         n -= 1
@@ -64,10 +66,32 @@ def _fsum(values: np.ndarray, lo: int, hi: int) -> float:
 
 
 @numba.njit(cache=True)
+def _fsum(values: np.ndarray, lo: int, hi: int) -> float:
+    """``math.fsum(values[lo:hi])``."""
+    partials = np.empty(64)
+    n = 0
+    for k in range(lo, hi):
+        n = _add(partials, n, values[k])
+    return _round(partials, n)
+
+
+@numba.njit(cache=True)
 def _rolling_mean(values: np.ndarray, period: int, first: int) -> np.ndarray:
+    """``math.fsum(window) / period`` per window, sliding an exact sum: add the new value,
+    subtract the old one, round once. The exact sum is the same whatever its partials, and
+    ``fsum`` is correctly rounded, so each value equals ``fsum`` of its window (the test checks)."""
     out = np.full(len(values), np.nan)
-    for i in range(first, len(values)):
-        out[i] = _fsum(values, i - period + 1, i + 1) / period
+    if first >= len(values):
+        return out
+    partials = np.empty(128)
+    n = 0
+    for k in range(first - period + 1, first + 1):
+        n = _add(partials, n, values[k])
+    out[first] = _round(partials, n) / period
+    for i in range(first + 1, len(values)):
+        n = _add(partials, n, values[i])
+        n = _add(partials, n, -values[i - period])
+        out[i] = _round(partials, n) / period
     return out
 
 

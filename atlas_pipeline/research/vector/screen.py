@@ -14,7 +14,7 @@ import pandas as pd
 
 from atlas_pipeline.research.strategy_loader import load_strategy, validate_params
 from atlas_pipeline.research.vector.signals import Bars
-from atlas_pipeline.research.vector.twin import TwinRun, has_twin, run_twin, twin_mismatch
+from atlas_pipeline.research.vector.twin import TwinRun, has_twin, run_twin, twin_metrics, twin_mismatch
 
 DAY_MS = 86_400_000
 _MAX_CACHED = 64
@@ -68,8 +68,9 @@ def screen(
     out: list[tuple[dict[str, Any], tuple[int, np.ndarray]] | None] = []
     for params, lo, hi, trade_from_ms in jobs:
         try:
-            twin = twin_for(cache.get(lo, hi), cls, spec, {**spec.params, **params}, trade_from_ms)
-            metrics, daily = twin.metrics()
+            bars = cache.get(lo, hi)
+            twin = twin_for(bars, cls, spec, {**spec.params, **params}, trade_from_ms)
+            metrics, daily = twin_metrics(twin, bars)
         except Exception:  # noqa: BLE001 - any refusal: the candidate goes to backtrader
             out.append(None)
             continue

@@ -36,7 +36,8 @@ class Signals:
     def __post_init__(self) -> None:
         for name in ("long_entry", "short_entry", "long_exit", "short_exit"):
             value = getattr(self, name)
-            if value is not None:
+            if value is not None and not (isinstance(value, np.ndarray) and value.dtype == np.bool_
+                                          and value.flags.c_contiguous):
                 object.__setattr__(self, name, np.ascontiguousarray(np.nan_to_num(value) != 0, dtype=np.bool_))
 
 

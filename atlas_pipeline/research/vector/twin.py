@@ -35,7 +35,8 @@ class TwinRun:
     close: np.ndarray
 
     def metrics(self, day_index: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
-        """``compute_metrics``'s numbers and the daily returns, from arrays (``fast_metrics``)."""
+        """``compute_metrics``'s numbers and the daily returns, from arrays (``fast_metrics``);
+        ``day_index``: ``daily_equity_index(self.timestamp)`` when the caller has it cached."""
         s = self.simulation
         trades = s.trades
         return fast_metrics(self.timestamp, self.equity, self.close, s.position[s.start :] != 0,
@@ -61,6 +62,13 @@ def run_twin(
                    fraction=spec.fraction, commission=spec.commission, slippage=spec.slippage,
                    cushion=spec.cushion, trade_from_bar=trade_from_bar)
     return TwinRun(sim, bars.timestamp[sim.start :], sim.equity(bars.close), bars.close[sim.start :])
+
+
+def twin_metrics(twin: TwinRun, bars: Bars) -> tuple[dict[str, Any], np.ndarray]:
+    """``twin.metrics()`` with the daily index cached on ``bars`` per equity start."""
+    start = twin.simulation.start
+    days = bars.cached(("days", start), lambda: daily_equity_index(bars.timestamp[start:]))
+    return twin.metrics(days)
 
 
 def _close(a: float, b: float) -> bool:
@@ -119,4 +127,4 @@ def twin_result(twin: TwinRun) -> dict[str, np.ndarray]:
             "in_market": s.position[s.start :] != 0}
 
 
-__all__ = ["REL", "TwinRun", "daily_equity_index", "has_twin", "run_twin", "twin_mismatch", "twin_result"]
+__all__ = ["REL", "TwinRun", "has_twin", "run_twin", "twin_metrics", "twin_mismatch", "twin_result"]
