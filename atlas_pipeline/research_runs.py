@@ -24,12 +24,15 @@ from atlas_pipeline.research import engine, walkforward
 from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
 from atlas_pipeline.research.engine import BacktestSpec
 from atlas_pipeline.research.lookahead import LookaheadReport
-from atlas_pipeline.research.metrics import compute_metrics
+from atlas_pipeline.market_data.candles import timeframe_ms
+from atlas_pipeline.research.metrics import compute_metrics, daily_returns
 from atlas_pipeline.research.report import ReportSection, write_html_report
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.results import BacktestResult
 from atlas_pipeline.research.strategy_loader import load_strategy, validate_params
+from atlas_pipeline.research.stats.overfitting import over_limits
 from atlas_pipeline.research.sweep import BacktestPool, SweepResult, run_sweep
+from atlas_pipeline.research.trials import sweep_overfitting, trial_rows, walkforward_overfitting
 
 Log = Callable[[str], None]
 WORKERS_ENV = "ATLAS_WORKERS"
@@ -37,6 +40,7 @@ WORKERS_ENV = "ATLAS_WORKERS"
 CHARTS = ("equity_drawdown", "trades")
 """Charts the metrics step draws for every backtest result, by file name."""
 LEADERBOARD_METRICS = ("sharpe", "total_return", "cagr", "max_drawdown", "trade_count", "win_rate", "buy_and_hold_return")
+OVERFITTING_COLUMNS = ("dsr", "pbo", "trials")
 
 
 def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
@@ -87,6 +91,8 @@ class BacktestRun:
     lookahead: LookaheadReport
     sweep: SweepResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    overfitting: dict[str, float] | None = None
+    """A sweep's DSR, PBO and bootstrap bands (``research/trials.py``), saved beside the result."""
 
 
 class NoCandidatePassed(ValueError):
@@ -118,8 +124,10 @@ def run_backtest(
     workers = sweep_workers() if settings.grid is not None else 1
     with BacktestPool(candles, spec, settings.timeframe, strategies_dir, workers, isolate=True) as pool:
         if settings.grid is not None:
-            sweep = run_sweep(pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), progress=log)
+            sweep = run_sweep(pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(),
+                              progress=log, confirm_top=settings.confirm_top)
             results.save_sweep(settings.name, symbol, sweep.table)
+            _record_trials(settings, symbol, candles, results, [sweep], "sweep")
             seconds["sweep"] = time.perf_counter() - started
             if sweep.chosen is None:
                 raise NoCandidatePassed(
@@ -131,8 +139,37 @@ def run_backtest(
     assert single.lookahead is not None
     saving = time.perf_counter()
     folder = results.save_result(settings.name, symbol, single.result)
+    overfitting = None
+    if sweep is not None:
+        start, end = data_range(candles, settings.timeframe)
+        registry = results.trials(settings.exchange, symbol, settings.timeframe)
+        overfitting = sweep_overfitting(daily_returns(single.result.equity["equity"]).to_numpy(float), sweep.dailies or [],
+                                        registry, start, end)
+        results.save_overfitting(folder, overfitting)
     seconds.update(single.seconds, save=time.perf_counter() - saving)
-    return BacktestRun(single.result, folder, spec, single.lookahead, sweep, seconds)
+    return BacktestRun(single.result, folder, spec, single.lookahead, sweep, seconds, overfitting)
+
+
+def data_range(candles: pd.DataFrame, timeframe: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """[first candle's open, last candle's close) of a candle frame, UTC."""
+    stamps = candles["timestamp"]
+    return (pd.Timestamp(int(stamps.iloc[0]), unit="ms", tz="UTC"),
+            pd.Timestamp(int(stamps.iloc[-1]) + timeframe_ms(timeframe), unit="ms", tz="UTC"))
+
+
+def _record_trials(settings: BacktestSettings, symbol: str, candles: pd.DataFrame, results: ResultStore,
+                   sweeps: list[SweepResult], kind: str, windows: list[walkforward.Window] | None = None) -> None:
+    """Every candidate of these sweeps into the trials registry (one file for the run)."""
+    start, end = data_range(candles, settings.timeframe)
+    grid = settings.candidates()
+    frames = [
+        trial_rows(sweep, grid, backtest=settings.name, kind=kind, strategy=settings.strategy, exchange=settings.exchange,
+                   symbol=symbol, timeframe=settings.timeframe,
+                   data_start=windows[i].train_start if windows else start,
+                   data_end=windows[i].train_end if windows else end, window=i if windows else -1)
+        for i, sweep in enumerate(sweeps)
+    ]
+    results.record_trials(settings.exchange, symbol, settings.timeframe, settings.name, pd.concat(frames, ignore_index=True))
 
 
 def _rejections(table: pd.DataFrame) -> str:
@@ -147,6 +184,7 @@ class WalkForwardRun:
     chart: bytes
     folder: str
     seconds: dict[str, float] = field(default_factory=dict)
+    overfitting: dict[str, float] = field(default_factory=dict)
 
 
 def run_walk_forward(
@@ -167,14 +205,21 @@ def run_walk_forward(
     spec = backtest_spec(settings)
     with BacktestPool(candles, spec, settings.timeframe, strategies_dir, sweep_workers(), isolate=True) as pool:
         result = walkforward.run_walk_forward(
-            pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), plan, progress=log
+            pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), plan, progress=log,
+            confirm_top=settings.confirm_top,
         )
+    windows = walkforward.plan_windows(int(candles["timestamp"].iloc[0]), int(data_range(candles, settings.timeframe)[1].value // 1_000_000), plan)
+    _record_trials(settings, symbol, candles, results, result.sweeps, "walkforward", windows)
+    start, end = data_range(candles, settings.timeframe)
+    overfitting = walkforward_overfitting(daily_returns(result.oos_equity["equity"]).to_numpy(float), result.sweeps,
+                                          results.trials(settings.exchange, symbol, settings.timeframe), start, end)
     ran = time.perf_counter()
     chart = walkforward_chart(result, f"{settings.name} {symbol} {settings.timeframe}")
     drawn = time.perf_counter()
     folder = results.save_walk_forward(settings.name, symbol, result, chart)
+    results.save_overfitting(folder, overfitting)
     seconds = {"walk_forward": ran - started, "chart": drawn - ran, "save": time.perf_counter() - drawn}
-    return WalkForwardRun(result, chart, folder, seconds)
+    return WalkForwardRun(result, chart, folder, seconds, overfitting)
 
 
 @dataclass
@@ -183,6 +228,8 @@ class MetricsRun:
     charts: dict[str, bytes]
     chart_paths: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
+    overfitting: dict[str, float] | None = None
+    """The sweep's DSR, PBO and bootstrap bands (None for a backtest without a grid)."""
 
 
 def compute_backtest_metrics(settings: BacktestSettings, symbol: str, results: ResultStore) -> MetricsRun:
@@ -200,21 +247,29 @@ def compute_backtest_metrics(settings: BacktestSettings, symbol: str, results: R
     results.save_metrics(settings.name, symbol, metrics)
     paths = {chart: results.save_chart(settings.name, symbol, chart, png) for chart, png in charts.items()}
     seconds = {"metrics": computed - started, "charts": drawn - computed, "save": time.perf_counter() - drawn}
-    return MetricsRun(metrics, charts, paths, seconds)
+    overfitting = results.load_overfitting(results.folder(settings.name, symbol)) if settings.grid is not None else None
+    return MetricsRun(metrics, charts, paths, seconds, overfitting)
 
 
 def leaderboard(backtests: Iterable[BacktestSettings], results: ResultStore) -> pd.DataFrame:
-    """Every backtest x market with stored metrics, best Sharpe first (NaN last)."""
+    """Every backtest x market with stored metrics, best Sharpe first (NaN last), with a swept
+    backtest's ``dsr``, ``pbo`` and ``trials`` (NaN without a grid). A result over its
+    ``overfitting`` limits is left out when the limits block (config ``overfitting.block``)."""
     rows = []
     for settings in backtests:
         for symbol in settings.symbols:
             metrics = results.load_metrics(settings.name, symbol)
             if metrics is None:
                 continue
+            overfitting = (results.load_overfitting(results.folder(settings.name, symbol)) or {}) if settings.grid else {}
+            limits = settings.overfitting_limits()
+            if limits.block and over_limits(overfitting, limits):
+                continue
             row: dict[str, Any] = {"backtest": settings.name, "strategy": settings.strategy, "symbol": symbol}
             row.update({key: _number(metrics.get(key)) for key in LEADERBOARD_METRICS})
+            row.update({key: _number(overfitting.get(key)) for key in OVERFITTING_COLUMNS})
             rows.append(row)
-    columns = ["rank", "backtest", "strategy", "symbol", *LEADERBOARD_METRICS]
+    columns = ["rank", "backtest", "strategy", "symbol", *LEADERBOARD_METRICS, *OVERFITTING_COLUMNS]
     if not rows:
         return pd.DataFrame(columns=columns)
     table = pd.DataFrame(rows).sort_values("sharpe", ascending=False, na_position="last", kind="stable")
@@ -246,8 +301,11 @@ def write_backtest_report(settings: BacktestSettings, results: ResultStore, path
         if metrics is None:
             continue
         charts = {chart: results.load_chart(settings.name, symbol, chart) for chart in CHARTS}
+        overfitting = results.load_overfitting(results.folder(settings.name, symbol)) if settings.grid else None
         sections.append(
-            ReportSection(heading=symbol, metrics=metrics, charts={k: v for k, v in charts.items() if v is not None})
+            ReportSection(heading=symbol, metrics={**metrics, **(overfitting or {})},
+                          charts={k: v for k, v in charts.items() if v is not None},
+                          notes=overfitting_note(overfitting, settings) if overfitting else "")
         )
     if not sections:
         raise FileNotFoundError(
@@ -256,6 +314,16 @@ def write_backtest_report(settings: BacktestSettings, results: ResultStore, path
         )
     title = f"{settings.name}: {settings.strategy} {dict(settings.params)} on {settings.exchange} {settings.timeframe}"
     return write_html_report(path, title, sections)
+
+
+def overfitting_note(stats: dict[str, Any], settings: BacktestSettings) -> str:
+    """One line on the overfitting statistics and the limits (docs/walkforward.md explains them)."""
+    reasons = over_limits(stats, settings.overfitting_limits())
+    verdict = ("over the limits: " + "; ".join(reasons)) if reasons else "within the limits"
+    return (f"Deflated Sharpe {_number(stats.get('dsr')):.3f} over {_number(stats.get('trials')):.0f} trials, "
+            f"PBO {_number(stats.get('pbo')):.3f}; bootstrap Sharpe 5/50/95 % "
+            f"{_number(stats.get('bootstrap_sharpe_p5')):.2f} / {_number(stats.get('bootstrap_sharpe_p50')):.2f} / "
+            f"{_number(stats.get('bootstrap_sharpe_p95')):.2f}: {verdict}.")
 
 
 def _number(value: Any) -> float:

@@ -22,7 +22,8 @@ from atlas_pipeline.config.errors import MISSING, ConfigError, FieldError
 from atlas_pipeline.config.exchanges import ExchangesConfig
 from atlas_pipeline.config.loading import read_section, validation_error_to_config_error
 from atlas_pipeline.config.paths import config_dir
-from atlas_pipeline.research.sweep import OBJECTIVE_METRICS, Objective, SweepFilters, expand_grid
+from atlas_pipeline.research.sweep import CONFIRM_TOP, OBJECTIVE_METRICS, Objective, SweepFilters, expand_grid
+from atlas_pipeline.research.stats.overfitting import OverfittingLimits
 from atlas_pipeline.research.walkforward import WalkForwardPlan
 
 BACKTESTS_FILE = "backtests.yaml"
@@ -115,6 +116,18 @@ class FilterSettings(BaseModel):
     max_drawdown: float | None = Field(default=None, gt=0, le=1)
 
 
+class OverfittingSettings(BaseModel):
+    """Limits of the ``overfitting`` check (research/stats): a result whose PBO is above
+    ``max_pbo`` or whose deflated Sharpe is below ``min_dsr`` is flagged (WARN); with ``block``
+    the check fails blocking and the leaderboard leaves the result out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_pbo: float = Field(default=0.5, ge=0, le=1)
+    min_dsr: float = Field(default=0.95, ge=0, le=1)
+    block: bool = False
+
+
 class WalkForwardSettings(BaseModel):
     """Windows in whole UTC days: optimize on train, test the winner on the following test days."""
 
@@ -175,6 +188,9 @@ class BacktestSettings(BaseModel):
     filters: FilterSettings = Field(default_factory=FilterSettings)
     walk_forward: WalkForwardSettings | None = None
     """Also build ``walkforward/<name>``: the grid optimized per train window, tested out of sample."""
+    confirm_top: int = Field(default=CONFIRM_TOP, ge=0)
+    """Screened candidates (best first) rerun through backtrader besides the chosen one (research/sweep.py)."""
+    overfitting: OverfittingSettings = Field(default_factory=OverfittingSettings)
 
     @field_validator("name")
     @classmethod
@@ -205,7 +221,7 @@ class BacktestSettings(BaseModel):
     @model_validator(mode="after")
     def _sweep_settings(self) -> BacktestSettings:
         if self.grid is None:
-            for key in ("walk_forward", "objective", "filters"):
+            for key in ("walk_forward", "objective", "filters", "confirm_top", "overfitting"):
                 if key in self.model_fields_set:
                     raise ValueError(f"{key} needs a grid of params to sweep")
             return self
@@ -240,6 +256,10 @@ class BacktestSettings(BaseModel):
             return None
         wf = self.walk_forward
         return WalkForwardPlan(wf.train_days, wf.test_days, wf.step_days, wf.anchored)
+
+    def overfitting_limits(self) -> OverfittingLimits:
+        o = self.overfitting
+        return OverfittingLimits(o.max_pbo, o.min_dsr, o.block)
 
     def taker_fee(self) -> float:
         """Commission per fill: every order Atlas sends is a market order, which pays taker."""

@@ -446,6 +446,8 @@ class SweepResult:
     chosen: dict[str, Any] | None
     objective: Objective
     filters: SweepFilters
+    dailies: list[tuple[int, np.ndarray] | None] | None = None
+    """Each candidate's daily returns (``JobOutcome.daily``), for the overfitting statistics."""
 
     @property
     def chosen_row(self) -> pd.Series | None:
@@ -514,7 +516,8 @@ def sweep_result(
         chosen = dict(grid[pick])
     order = ["candidate", *(f"param_{n}" for n in names), *METRIC_DESCRIPTIONS, "objective", "passed", "rejected", "chosen",
              "evaluated_by"]
-    return SweepResult(table=table.loc[:, order], chosen=chosen, objective=objective, filters=filters)
+    return SweepResult(table=table.loc[:, order], chosen=chosen, objective=objective, filters=filters,
+                       dailies=[o.daily for o in outcomes])
 
 
 def progress_every(total: int, emit: Callable[[int, int], None]) -> Callable[[int, int], None]:
