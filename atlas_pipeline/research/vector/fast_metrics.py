@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from atlas_pipeline.market_data.candles import DAY_MS
-from atlas_pipeline.research.metrics import PERIODS_PER_YEAR, SECONDS_PER_DAY, ratio
+from atlas_pipeline.research.metrics import PERIODS_PER_YEAR, SECONDS_PER_DAY, assemble_metrics, trade_stats
 
 
 def daily_equity_index(timestamp: np.ndarray) -> np.ndarray:
@@ -87,39 +87,14 @@ def fast_metrics(
     first, last = float(equity[0]), float(equity[-1])
     days = daily_equity_index(timestamp) if day_index is None else day_index
     daily, mean, std, downside = _daily(np.asarray(equity, dtype=np.float64), days)
-    annual = math.sqrt(PERIODS_PER_YEAR)
     drawdown, duration = _drawdown(timestamp.astype(np.int64), np.asarray(equity, dtype=np.float64))
     years = (int(timestamp[-1]) - int(timestamp[0])) / 1000.0 / SECONDS_PER_DAY / PERIODS_PER_YEAR
     growth = last / first
     cagr = math.nan if years <= 0 else (growth ** (1.0 / years) - 1.0 if growth > 0 else -1.0)
-    metrics: dict[str, float | str] = {
-        "start": pd.Timestamp(int(timestamp[0]), unit="ms", tz="UTC").isoformat(),
-        "end": pd.Timestamp(int(timestamp[-1]), unit="ms", tz="UTC").isoformat(),
-        "final_equity": last,
-        "total_return": last / first - 1.0,
-        "cagr": cagr,
-        "annual_volatility": std * annual,
-        "sharpe": ratio(mean, std) * annual,
-        "sortino": ratio(mean, downside) * annual,
-        "calmar": ratio(cagr, drawdown),
-        "max_drawdown": drawdown,
-        "max_drawdown_duration_days": duration,
-        "exposure": float(np.mean(in_market)),
-    }
-    if len(net_pnl):
-        returns = net_pnl / entry_value
-        metrics.update({
-            "trade_count": float(len(net_pnl)),
-            "win_rate": float(np.mean(net_pnl > 0)),
-            "profit_factor": ratio(float(net_pnl[net_pnl > 0].sum()), float(-net_pnl[net_pnl < 0].sum())),
-            "expectancy": float(net_pnl.mean()),
-            "avg_trade_return": float(returns.mean()),
-            "best_trade_return": float(returns.max()),
-            "worst_trade_return": float(returns.min()),
-        })
-    else:
-        nan = math.nan
-        metrics.update({"trade_count": 0.0, "win_rate": nan, "profit_factor": nan, "expectancy": nan,
-                        "avg_trade_return": nan, "best_trade_return": nan, "worst_trade_return": nan})
-    metrics["buy_and_hold_return"] = float(close[-1] / close[0] - 1.0)
+    metrics = assemble_metrics(
+        pd.Timestamp(int(timestamp[0]), unit="ms", tz="UTC").isoformat(),
+        pd.Timestamp(int(timestamp[-1]), unit="ms", tz="UTC").isoformat(),
+        first, last, cagr, mean, std, downside, drawdown, duration, float(np.mean(in_market)),
+        trade_stats(net_pnl, net_pnl / entry_value), float(close[-1] / close[0] - 1.0),
+    )
     return metrics, daily
