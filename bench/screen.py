@@ -44,7 +44,7 @@ def main(size: int, days: int, sample: int, full: bool, candles: pd.DataFrame, t
         started = time.perf_counter()
         screened = run_sweep(pool, grid, objective, filters)
         screen_s = time.perf_counter() - started
-    total_s = time.perf_counter() - began
+        total_s = time.perf_counter() - began
         # the two stages apart, on the same warm pool
         jobs = [BacktestJob(p, None, None) for p in grid]
         staged = time.perf_counter()

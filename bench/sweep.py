@@ -82,8 +82,13 @@ def main() -> int:
         from atlas_pipeline.research.walkforward import WalkForwardPlan
 
         candles = synthetic_candles("1h", START, START + dt.timedelta(days=365), seed=7)
+        cores = os.cpu_count() or 1
+        print(f"machine parallelism now: {machine_parallelism(cores):.2f} of {cores} cores (other processes on a shared "
+              "box slow every number below alike; the ratio is the robust one)")
         code = screen_main(args.grid, 365, args.bt_sample, args.bt_all, candles, "1h")
-        return walk_forward(args.grid, candles, "1h", WalkForwardPlan(90, 27)) or code
+        code = walk_forward(args.grid, candles, "1h", WalkForwardPlan(90, 27)) or code
+        print(f"load average after: {os.getloadavg()[0]:.2f}; machine parallelism after: {machine_parallelism(cores):.2f}")
+        return code
     cores = os.cpu_count() or 1
     candles = synthetic_candles(args.timeframe, START, START + dt.timedelta(days=args.days), seed=7)
     candidates = len(expand_grid(GRID))

@@ -174,22 +174,27 @@ def lowest_before(values: np.ndarray, period: int) -> np.ndarray:
     return out
 
 
+@numba.njit(cache=True)
+def _crossover(fast: np.ndarray, slow: np.ndarray, first: int) -> np.ndarray:
+    out = np.zeros(len(fast), dtype=np.int8)
+    if first >= len(fast):
+        return out
+    nzd = fast[first - 1] - slow[first - 1]  # the seed, zero included
+    for i in range(first, len(fast)):
+        diff = fast[i] - slow[i]
+        if nzd < 0.0 and diff > 0.0:
+            out[i] = 1
+        elif nzd > 0.0 and diff < 0.0:
+            out[i] = -1
+        if diff != 0.0:
+            nzd = diff
+    return out
+
+
 def crossover(fast: np.ndarray, slow: np.ndarray, first: int) -> np.ndarray:
     """backtrader ``CrossOver(fast, slow)`` from index ``first`` (the slower input's first valid
     index + 1): +1 where the last non-zero ``fast - slow`` before the bar was < 0 and
     ``fast > slow`` now, -1 for the mirror, else 0. ``NonZeroDifference`` is seeded at
     ``first - 1`` with the raw difference (zero included)."""
-    n = len(fast)
-    out = np.zeros(n, dtype=np.int8)
-    if first >= n:
-        return out
-    diff = fast - slow
-    seeded = diff[first - 1 :]
-    keep = seeded != 0.0
-    keep[0] = True
-    held = np.maximum.accumulate(np.where(keep, np.arange(len(seeded)), 0))
-    nzd = seeded[held]  # last non-zero difference at each bar from first - 1 on
-    before, now = nzd[:-1], diff[first:]
-    out[first:] = (before < 0.0) & (now > 0.0)
-    out[first:] -= ((before > 0.0) & (now < 0.0)).astype(np.int8)
-    return out
+    return _crossover(np.ascontiguousarray(fast, dtype=np.float64), np.ascontiguousarray(slow, dtype=np.float64),
+                      int(first))
