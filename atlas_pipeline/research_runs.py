@@ -158,15 +158,17 @@ def data_range(candles: pd.DataFrame, timeframe: str) -> tuple[pd.Timestamp, pd.
 
 
 def _record_trials(settings: BacktestSettings, symbol: str, candles: pd.DataFrame, results: ResultStore,
-                   sweeps: list[SweepResult], kind: str, windows: list[walkforward.Window] | None = None) -> None:
-    """Every candidate of these sweeps into the trials registry (one file for the run)."""
+                   sweeps: list[SweepResult], kind: str, windows: pd.DataFrame | None = None) -> None:
+    """Every candidate of these sweeps into the trials registry (one file for the run); a
+    walk-forward's candidates with their train window (``windows``: its windows table)."""
     start, end = data_range(candles, settings.timeframe)
     grid = settings.candidates()
     frames = [
         trial_rows(sweep, grid, backtest=settings.name, kind=kind, strategy=settings.strategy, exchange=settings.exchange,
                    symbol=symbol, timeframe=settings.timeframe,
-                   data_start=windows[i].train_start if windows else start,
-                   data_end=windows[i].train_end if windows else end, window=i if windows else -1)
+                   data_start=windows["train_start"].iloc[i] if windows is not None else start,
+                   data_end=windows["train_end"].iloc[i] if windows is not None else end,
+                   window=i if windows is not None else -1)
         for i, sweep in enumerate(sweeps)
     ]
     results.record_trials(settings.exchange, symbol, settings.timeframe, settings.name, pd.concat(frames, ignore_index=True))
@@ -208,8 +210,7 @@ def run_walk_forward(
             pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), plan, progress=log,
             confirm_top=settings.confirm_top,
         )
-    windows = walkforward.plan_windows(int(candles["timestamp"].iloc[0]), int(data_range(candles, settings.timeframe)[1].value // 1_000_000), plan)
-    _record_trials(settings, symbol, candles, results, result.sweeps, "walkforward", windows)
+    _record_trials(settings, symbol, candles, results, result.sweeps, "walkforward", result.windows)
     start, end = data_range(candles, settings.timeframe)
     overfitting = walkforward_overfitting(daily_returns(result.oos_equity["equity"]).to_numpy(float), result.sweeps,
                                           results.trials(settings.exchange, symbol, settings.timeframe), start, end)

@@ -17,6 +17,7 @@ from atlas_pipeline.defs.research.assets import OVERFITTING_CHECK, walkforward_a
 from atlas_pipeline.research.metrics import daily_returns
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.stats.dsr import moments
+from atlas_pipeline.research.trials import dataset_trials
 from atlas_pipeline.research_runs import leaderboard
 from atlas_pipeline_tests.support import needs_shared_candles
 from atlas_pipeline_tests.test_research_assets import (  # noqa: F401 - setup is a fixture
@@ -65,18 +66,22 @@ def test_sweeps_record_trials_and_the_overfitting_check_warns_or_blocks(setup) -
     assert record.asset_materialization.metadata["dsr"].value == stats["dsr"]
 
     # a rerun records its trials again but they are the same 4 trials of this dataset
-    assert materialize_research(defs, instance, "swept", "ETH-BTC").success
-    assert len(results.trials("binance", "ETH/BTC", "5m")) == 8
-    assert results.load_overfitting(results.folder("swept", "ETH/BTC"))["trials"] == 4
+    results.record_trials("binance", "ETH/BTC", "5m", "swept", registry)
+    again = results.trials("binance", "ETH/BTC", "5m")
+    assert len(again) == 8
+    assert len(dataset_trials(again, registry["data_start"].min(), registry["data_end"].max())) == 4
+    assert dataset_trials(again, registry["data_end"].max(), registry["data_end"].max() + pd.Timedelta(days=1)).empty
 
     settings = load_backtests_config(load_exchanges_config(config_dir), config_dir).get("swept")
     board = leaderboard([settings], results)
     assert list(board["symbol"]) == ["ETH/BTC"] and board["dsr"].iloc[0] == stats["dsr"]
 
     # blocking limits the result cannot meet: the check fails as an error and the leaderboard drops it
+    # (the metrics asset judges the stored statistics: no need to rerun the backtest)
     write_backtests(config_dir, {"swept": {**SWEPT, "overfitting": {"min_dsr": 0.9999, "block": True}}})
     defs = build_definitions(config_dir, store_root=str(store_root))
-    strict = materialize_research(defs, instance, "swept", "ETH-BTC")
+    strict = dg.materialize([defs.resolve_assets_def(dg.AssetKey(["metrics", "swept"]))], instance=instance,
+                            partition_key="ETH-BTC", raise_on_error=False)
     check = check_evaluations(strict)[OVERFITTING_CHECK]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert "< min_dsr 0.9999" in check.description
