@@ -18,7 +18,7 @@ from atlas_pipeline.research.metrics import daily_returns
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.stats.dsr import moments
 from atlas_pipeline.research.trials import dataset_trials
-from atlas_pipeline.research_runs import leaderboard
+from atlas_pipeline.research_runs import leaderboard, overfitting_note, write_backtest_report
 from atlas_pipeline_tests.support import needs_shared_candles
 from atlas_pipeline_tests.test_research_assets import (  # noqa: F401 - setup is a fixture
     SWEPT,
@@ -32,7 +32,7 @@ from atlas_pipeline_tests.test_stats import reference_dsr
 pytestmark = needs_shared_candles
 
 
-def test_sweeps_record_trials_and_the_overfitting_check_warns_or_blocks(setup) -> None:
+def test_sweeps_record_trials_and_the_overfitting_check_warns_or_blocks(setup, tmp_path) -> None:
     config_dir, store_root, instance = setup
     results = ResultStore(str(store_root))
     write_backtests(config_dir, {"swept": SWEPT})
@@ -88,6 +88,10 @@ def test_sweeps_record_trials_and_the_overfitting_check_warns_or_blocks(setup) -
     assert defs.resolve_assets_def(dg.AssetKey(["metrics", "swept"])).check_specs_by_output_name
     strict_settings = load_backtests_config(load_exchanges_config(config_dir), config_dir).get("swept")
     assert leaderboard([strict_settings], results).empty
+    note = overfitting_note(stats, strict_settings)
+    assert note.startswith(f"Deflated Sharpe {stats['dsr']:.3f} over 4 trials") and "over the limits: dsr" in note
+    report = write_backtest_report(strict_settings, results, tmp_path / "report.html").read_text()
+    assert "Deflated Sharpe" in report and "over the limits" in report
 
     # the walk-forward: its trials (per train window) and statistics of the stitched returns
     key = walkforward_asset_key("swept")
