@@ -42,25 +42,20 @@ def main(size: int, days: int, sample: int, full: bool, candles: pd.DataFrame, t
     with BacktestPool(candles, SPEC, timeframe, workers=cores, isolate=True) as pool:
         pool.run([BacktestJob(grid[0], None, None)])  # start the workers: startup is timed apart
         started = time.perf_counter()
-        screened = run_sweep(pool, grid, objective, filters)
+        marks: list[tuple[float, str]] = []
+        screened = run_sweep(pool, grid, objective, filters, progress=lambda m: marks.append((time.perf_counter(), m)))
         screen_s = time.perf_counter() - started
         total_s = time.perf_counter() - began
-        # the two stages apart, on the same warm pool
-        jobs = [BacktestJob(p, None, None) for p in grid]
-        staged = time.perf_counter()
-        pool.screen(jobs)
-        stage_screen = time.perf_counter() - staged
-        confirmed_jobs = [jobs[i] for i in screened.table.index[screened.table["evaluated_by"] == "backtrader"]]
-        staged = time.perf_counter()
-        pool.run(confirmed_jobs, confirm=True)
-        stage_confirm = time.perf_counter() - staged
+    # the stages of that one sweep, from its progress lines: the screen ends with "screen N/N"
+    screen_end = next(t for t, m in marks if f"screen {len(grid)}/{len(grid)}" in m)
+    stage_screen, stage_confirm = screen_end - started, started + screen_s - screen_end
     confirmed = screened.table[screened.table["evaluated_by"] == "backtrader"]
     rate = len(grid) / screen_s
     print(f"screen + confirm: {screen_s:6.2f} s  {rate:8.1f} candidates/s  {rate * len(candles) / 1e6:6.2f} M bars/s "
           f"({len(confirmed)} confirmed by backtrader; pool startup {started - began:.2f} s, "
           f"{len(grid) / total_s:.1f} candidates/s with it)")
     print(f"  stages: twin screen of {len(grid)} {stage_screen:.2f} s ({stage_screen / len(grid) * 1e3 * cores:.2f} ms of "
-          f"a core per candidate), backtrader confirmation of {len(confirmed)} {stage_confirm:.2f} s")
+          f"a core per candidate), backtrader confirmation of {len(confirmed)} and ranking {stage_confirm:.2f} s")
     print(f"  chosen {screened.chosen} sharpe={screened.chosen_row['objective']:.6g}")
 
     # backtrader-only: every candidate (--bt-all) or a seeded sample timed and extrapolated
