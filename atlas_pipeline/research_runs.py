@@ -7,7 +7,6 @@ materialized in the UI leave the same files behind.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -18,15 +17,16 @@ from typing import Any
 
 import pandas as pd
 
+from atlas_pipeline.backtest_report import overfitting_note, write_backtest_report  # noqa: F401 - where the CLI and demo find them
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.research import engine, walkforward
 from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
 from atlas_pipeline.research.engine import BacktestSpec
+from atlas_pipeline.research.engine.exits import split_params, with_params
 from atlas_pipeline.research.lookahead import LookaheadReport
 from atlas_pipeline.market_data.candles import timeframe_ms
 from atlas_pipeline.research.metrics import compute_metrics, daily_returns
-from atlas_pipeline.research.report import ReportSection, write_html_report
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.results import BacktestResult
 from atlas_pipeline.research.strategy_loader import load_strategy, validate_params
@@ -38,7 +38,7 @@ Log = Callable[[str], None]
 WORKERS_ENV = "ATLAS_WORKERS"
 
 CHARTS = ("equity_drawdown", "trades")
-"""Charts the metrics step draws for every backtest result, by file name."""
+"""PNG charts the metrics step draws for every backtest result (Dagster metadata), by file name."""
 LEADERBOARD_METRICS = ("sharpe", "total_return", "cagr", "max_drawdown", "trade_count", "win_rate", "buy_and_hold_return")
 OVERFITTING_COLUMNS = ("dsr", "pbo", "trials")
 
@@ -51,6 +51,7 @@ def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
         fraction=settings.sizing.fraction,
         commission=settings.taker_fee(),
         slippage=settings.slippage,
+        exits=settings.exits.exits(),
     )
 
 
@@ -79,7 +80,7 @@ def check_grid(settings: BacktestSettings, strategies_dir: Path | None) -> None:
     candidates = settings.candidates()
     if candidates:
         cls = load_strategy(settings.strategy, strategies_dir)
-        validate_params(settings.strategy, cls, {**settings.params, **candidates[0]})
+        validate_params(settings.strategy, cls, {**settings.params, **split_params(candidates[0])[0]})
 
 
 @dataclass
@@ -134,7 +135,7 @@ def run_backtest(
                     f"sweep of {settings.name} {symbol}: none of {len(sweep.table)} candidates passed the filters "
                     f"({_rejections(sweep.table)}); the table is in {results.url(results.folder(settings.name, symbol))}/sweep.parquet"
                 )
-            spec = dataclasses.replace(spec, params={**spec.params, **sweep.chosen})
+            spec = with_params(spec, sweep.chosen)
         single = pool.backtest(spec.params, lookahead=True)
     assert single.lookahead is not None
     saving = time.perf_counter()
@@ -292,39 +293,6 @@ def table_markdown(table: pd.DataFrame, empty: str = "no rows") -> str:
 
 def leaderboard_markdown(table: pd.DataFrame) -> str:
     return table_markdown(table, empty="no metrics yet")
-
-
-def write_backtest_report(settings: BacktestSettings, results: ResultStore, path: Path) -> Path:
-    """An HTML report of every market of a backtest that has stored metrics and charts."""
-    sections = []
-    for symbol in settings.symbols:
-        metrics = results.load_metrics(settings.name, symbol)
-        if metrics is None:
-            continue
-        charts = {chart: results.load_chart(settings.name, symbol, chart) for chart in CHARTS}
-        overfitting = results.load_overfitting(results.folder(settings.name, symbol)) if settings.grid else None
-        sections.append(
-            ReportSection(heading=symbol, metrics={**metrics, **(overfitting or {})},
-                          charts={k: v for k, v in charts.items() if v is not None},
-                          notes=overfitting_note(overfitting, settings) if overfitting else "")
-        )
-    if not sections:
-        raise FileNotFoundError(
-            f"backtest {settings.name!r} has no stored metrics yet: run `atlas backtest {settings.name}` "
-            f"or materialize metrics/{settings.name}"
-        )
-    title = f"{settings.name}: {settings.strategy} {dict(settings.params)} on {settings.exchange} {settings.timeframe}"
-    return write_html_report(path, title, sections)
-
-
-def overfitting_note(stats: dict[str, Any], settings: BacktestSettings) -> str:
-    """One line on the overfitting statistics and the limits (docs/walkforward.md explains them)."""
-    reasons = over_limits(stats, settings.overfitting_limits())
-    verdict = ("over the limits: " + "; ".join(reasons)) if reasons else "within the limits"
-    return (f"Deflated Sharpe {_number(stats.get('dsr')):.3f} over {_number(stats.get('trials')):.0f} trials, "
-            f"PBO {_number(stats.get('pbo')):.3f}; bootstrap Sharpe 5/50/95 % "
-            f"{_number(stats.get('bootstrap_sharpe_p5')):.2f} / {_number(stats.get('bootstrap_sharpe_p50')):.2f} / "
-            f"{_number(stats.get('bootstrap_sharpe_p95')):.2f}: {verdict}.")
 
 
 def _number(value: Any) -> float:

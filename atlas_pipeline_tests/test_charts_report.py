@@ -1,11 +1,10 @@
 """Charts are valid PNGs drawn headless (also after backtrader switched pyplot to TkAgg), fast on
-long series, keep the drawdown's minimum when downsampling; the HTML report is self-contained."""
+long series, keep the drawdown's minimum when downsampling (the HTML report: test_report.py)."""
 
 from __future__ import annotations
 
 import base64
 import io
-import math
 import os
 import re
 import subprocess
@@ -16,11 +15,9 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pandas as pd
-import pytest
 
 from atlas_pipeline.research.charts import downsample, equity_drawdown_chart, png_markdown, trades_chart
 from atlas_pipeline.research.metrics import drawdown_series
-from atlas_pipeline.research.report import ReportSection, write_html_report
 from atlas_pipeline.research.results import TRADE_COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -127,44 +124,3 @@ def test_png_markdown_is_a_data_uri_image() -> None:
     match = re.fullmatch(r"!\[([^\[\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", text)
     assert match and match.group(1) == "trades (BTC)"
     assert base64.b64decode(match.group(2)) == png
-
-
-@pytest.fixture
-def sections() -> list[ReportSection]:
-    equity, close, trades = market(5_000)
-    charts = {"equity_drawdown": equity_drawdown_chart(equity, close, "t"), "trades": trades_chart(close, trades, "t")}
-    return [
-        ReportSection("BTC/USDT", {"start": "2024-01-01T00:00:00+00:00", "total_return": 0.1234, "sharpe": 1.5,
-                                   "max_drawdown": 0.2, "trade_count": 4.0, "profit_factor": math.inf,
-                                   "win_rate": math.nan}, charts, notes="fees 0.1% & <slippage> 0"),
-        ReportSection("<script>alert(1)</script>", {"total_return": -0.05, "sharpe": math.nan}, {"equity": charts["trades"]}),
-    ]
-
-
-def test_report_is_self_contained_and_escaped(tmp_path: Path, sections: list[ReportSection]) -> None:
-    path = write_html_report(tmp_path / "out" / "report.html", "sma <fast> & slow", sections)
-    assert path == tmp_path / "out" / "report.html"
-    text = path.read_text(encoding="utf-8")
-    assert "<h1>sma &lt;fast&gt; &amp; slow</h1>" in text
-    assert "<h2>BTC/USDT</h2>" in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    assert "<script>" not in text
-    assert "fees 0.1% &amp; &lt;slippage&gt; 0" in text
-    for label, value in (("Total return", "12.34 %"), ("Sharpe ratio", "1.500"), ("Max drawdown", "20.00 %"),
-                         ("Closed trades", "4"), ("Profit factor", "∞"), ("Win rate", "n/a"),
-                         ("Start (UTC)", "2024-01-01T00:00:00+00:00"), ("Total return", "-5.00 %")):
-        assert re.search(rf">{re.escape(label)}</th><td[^>]*>{re.escape(value)}</td>", text), (label, value)
-    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', text)
-    assert len(images) == 3 and base64.b64decode(images[0]) == sections[0].charts["equity_drawdown"]
-    assert "<h2>Summary</h2>" in text and text.count('<a href="#section-') == 2
-    without_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
-    assert not re.search(r"(https?:)?//\w", without_images) and "url(" not in without_images
-    assert not re.search(r"""(src|href)=["'](?!data:|#)""", text)
-
-
-def test_report_write_is_atomic_and_replaces(tmp_path: Path, sections: list[ReportSection]) -> None:
-    path = tmp_path / "report.html"
-    path.write_text("old")
-    write_html_report(path, "first", sections[:1])
-    write_html_report(path, "second", sections[1:])
-    assert "<h1>second</h1>" in path.read_text(encoding="utf-8")
-    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]

@@ -146,7 +146,7 @@ def test_backtest_and_report_commands(env: dict[str, str], tmp_path: Path) -> No
     path = Path(report.stdout.strip())
     assert path == tmp_path / "home" / "reports" / "sma.html"
     html = path.read_text()
-    assert "ETH/BTC" in html and "data:image/png;base64," in html
+    assert "ETH/BTC" in html and '"type":"candlestick"' in html  # the interactive price chart (test_report.py)
 
     unknown = atlas("backtest", "nope", env=env, timeout=120)
     assert unknown.returncode == 2 and "backtest 'nope' is not configured" in unknown.stderr

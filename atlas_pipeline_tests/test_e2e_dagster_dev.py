@@ -4,21 +4,30 @@ headless Chromium.
 
 The tests share one ``dagster dev`` and run in file order: the range run and the backfill store the
 candles the backtests read, and the automation test reruns a backtest after its candles change.
+A second exchange entry, OKX (its own emulator speaking OKX's API), selects its markets by universe
+rules: the UI materializes its metadata, the members join the market dimension, and a range run and
+a backtest run on OKX candles.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import time
+import urllib.request
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import yaml
 
 from atlas_pipeline.defs.research.automation import RESEARCH_AUTOMATION_SENSOR
+from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.market_data.emulator import EmulatorServer, FileCandleSource
+from atlas_pipeline.market_data.exchange_metadata import METADATA_FILE, read_metadata
+from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline_tests.e2e import (
     LOCATION,
     REPOSITORY,
@@ -35,13 +44,19 @@ from atlas_pipeline_tests.test_research_assets import SMA as BACKTEST, SMA_SETTI
 pytestmark = needs_shared_candles
 
 OHLCV_PATH = ["ohlcv", "binance", "5m"]
+OKX_OHLCV_PATH = ["ohlcv", "okx", "5m"]
 BACKTEST_PATH = ["backtest", BACKTEST]
 METRICS_PATH = ["metrics", BACKTEST]
 SYMBOLS = ("ETH-BTC", "ADA-BTC")
 RANGE_START, RANGE_END = "2018-01-10|ETH-BTC", "2018-01-20|ETH-BTC"
 BACKFILL_DAYS = [f"2018-01-{day:02d}" for day in range(10, 30)]
 AUTOMATION_SENSOR = RESEARCH_AUTOMATION_SENSOR
-BACKTESTS = {BACKTEST: SMA_SETTINGS}  # one sma_crossover on 5m, ETH/BTC and ADA/BTC, 2018-01-10..30
+OKX_BACKTEST = "sma_okx_5m"
+OKX_UNIVERSE = {"quote": ["BTC"], "top": 1, "include": ["ETH/BTC"]}  # the top market by volume, and ETH/BTC
+BACKTESTS = {  # sma_crossover on 5m, 2018-01-10..30: ETH/BTC and ADA/BTC on Binance, ETH/BTC on OKX
+    BACKTEST: SMA_SETTINGS,
+    OKX_BACKTEST: {**SMA_SETTINGS, "exchange": "okx", "symbols": ["ETH/BTC"]},
+}
 DAGSTER_YAML = {"telemetry": {"enabled": False}}
 TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -103,6 +118,12 @@ query Materializations($key: AssetKeyInput!, $partitions: [String!]) {
     ... on Asset { assetMaterializations(partitions: $partitions) { runId partition timestamp } }
   }
 }"""
+PARTITION_DIMENSIONS = """
+query Dimensions($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode { partitionKeysByDimension { name partitionKeys } }
+  }
+}"""
 LINEAGE = """
 query Lineage {
   assetNodes { assetKey { path } dependencyKeys { path } dependedByKeys { path } }
@@ -118,7 +139,13 @@ def ui(tmp_path_factory: pytest.TempPathFactory):
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(DAGSTER_YAML))
     emulator = EmulatorServer(FileCandleSource(SHARED_CANDLES), host="127.0.0.1").start()
+    okx = EmulatorServer(FileCandleSource(SHARED_CANDLES), host="127.0.0.1", exchange="okx").start()
     config_dir = write_exchange_config(tmp / "config", emulator.base_url)
+    exchanges = yaml.safe_load((config_dir / "exchanges.yaml").read_text())
+    exchanges["exchanges"]["okx"] = {
+        **exchanges["exchanges"]["binance"], "api_url": okx.base_url, "markets": [], "universe": OKX_UNIVERSE,
+    }
+    (config_dir / "exchanges.yaml").write_text(yaml.safe_dump(exchanges))
     (config_dir / "backtests.yaml").write_text(yaml.safe_dump({"backtests": BACKTESTS}))
     env = {
         **os.environ,
@@ -129,10 +156,11 @@ def ui(tmp_path_factory: pytest.TempPathFactory):
     dev = DagsterDev(env, tmp / "dagster_dev.log")
     try:
         dev.start(timeout=120)
-        yield SimpleNamespace(dev=dev, tmp=tmp)
+        yield SimpleNamespace(dev=dev, tmp=tmp, config_dir=config_dir, okx_url=okx.base_url)
     finally:
         dev.stop()
         emulator.stop()
+        okx.stop()
     assert not group_alive(dev.pgid), f"processes of dagster dev's group {dev.pgid} are still running"
 
 
@@ -261,6 +289,46 @@ def test_automation_reruns_the_backtest_of_updated_candles(ui) -> None:
     wait_for_automation_tick(ui.dev)  # a tick after the rerun, which had its chance to run ADA-BTC too
     assert materializations(ui.dev, BACKTEST_PATH, "ADA-BTC") == first["ADA-BTC"]  # its candles did not change
     assert len(materializations(ui.dev, BACKTEST_PATH, "ETH-BTC")) == 2  # run by hand, rerun once
+
+
+def okx_top_by_quote_volume(url: str) -> str:
+    """The BTC market with the largest 24h quote volume in the OKX emulator's own tickers (ranked
+    here, independently of Atlas's universe code)."""
+    with urllib.request.urlopen(f"{url}/api/v5/market/tickers?instType=SPOT", timeout=10) as answer:
+        tickers = json.load(answer)["data"]
+    btc = [t for t in tickers if t["instId"].endswith("-BTC")]
+    return max(btc, key=lambda t: (float(t["volCcy24h"]), t["instId"]))["instId"].replace("-", "/")
+
+
+def test_okx_universe_entry_from_metadata_to_backtest(ui) -> None:
+    """The UI path on the second exchange: exchange_metadata/okx resolves the universe rules, its
+    members join the market dimension of ohlcv/okx/5m, a range run stores OKX candles for a member,
+    and a backtest runs on them."""
+    metadata_run = launch_run(ui.dev, "__ASSET_JOB", [["exchange_metadata", "okx"]], {})
+    wait_for_run(ui.dev, metadata_run)
+    members = read_metadata(ui.config_dir / METADATA_FILE, "okx").universe
+    assert sorted(members) == sorted({okx_top_by_quote_volume(ui.okx_url), "ETH/BTC"}), members
+    node = ui.dev.graphql(PARTITION_DIMENSIONS, {"key": {"path": OKX_OHLCV_PATH}})["assetNodeOrError"]
+    dimensions = {d["name"]: d["partitionKeys"] for d in node["partitionKeysByDimension"]}
+    assert sorted(dimensions["symbol"]) == sorted(symbol_key(m) for m in members), dimensions["symbol"]
+
+    run_id = launch_run(ui.dev, "ohlcv_okx", [OKX_OHLCV_PATH], range_tags("2018-01-10|ETH-BTC", "2018-01-29|ETH-BTC"))
+    wait_for_run(ui.dev, run_id)
+    assert [m["runId"] for m in materializations(ui.dev, OKX_OHLCV_PATH, "2018-01-29|ETH-BTC")] == [run_id]
+
+    backtest = ["backtest", OKX_BACKTEST]
+    run_id = launch_run(ui.dev, "__ASSET_JOB", [backtest, ["metrics", OKX_BACKTEST]], {"dagster/partition": "ETH-BTC"})
+    wait_for_run(ui.dev, run_id)
+    assert run_id in {m["runId"] for m in materializations(ui.dev, backtest, "ETH-BTC")}
+    # The OKX backtest reads OKX candles: the same shared file served by both emulators, so its trades
+    # enter and exit where the Binance backtest's on ETH/BTC do (run earlier in this module; the fees,
+    # hence sizes, are each exchange's own).
+    results = ResultStore(str(ui.tmp / "atlas_home"))
+    columns = ["entry_time", "exit_time", "side", "entry_price", "exit_price"]
+    okx_trades = results.load_result(OKX_BACKTEST, "ETH/BTC").trades[columns].reset_index(drop=True)
+    binance_trades = results.load_result(BACKTEST, "ETH/BTC").trades[columns].reset_index(drop=True)
+    assert len(okx_trades) > 0
+    pd.testing.assert_frame_equal(okx_trades, binance_trades)
 
 
 def test_lineage_read_back_through_graphql(ui) -> None:

@@ -125,7 +125,8 @@ def reference_sma_crossover(
         if want:
             size = spec.fraction * (cash + pos * close[t]) / close[t]
             if want > 0:
-                available = cash + min(pos, 0.0) * close[t] * (1 + s) * (1 + c)
+                # a short's buy-back is priced at the gapped open too (docs/trading-model.md, Sizing)
+                available = cash + min(pos, 0.0) * close[t] * (1 + s) * (1 + c) * (1 + spec.cushion)
                 size = min(size, available / (close[t] * (1 + s) * (1 + c) * (1 + spec.cushion)))
             orders.append(want * size)
     return ref
@@ -597,7 +598,7 @@ def test_parameters_record_what_ran(eth_btc):
         "strategy": "sma_crossover",
         "params": {"allow_short": False, "fast": 5, "slow": 50},
         "timeframe": "5m", "cash": 10_000.0, "fraction": 1.0, "commission": 0.001, "slippage": 0.001,
-        "cushion": 0.01,
+        "cushion": 0.01, "exits": {},
     }
 
 
@@ -619,3 +620,53 @@ def test_candles_must_follow_the_convention(eth_btc):
 )
 def test_the_feed_gets_the_real_timeframe(timeframe, expected):
     assert bt_timeframe(timeframe) == expected
+
+
+SCRIPTED = """
+    from atlas_pipeline.research.strategy_base import AtlasStrategy
+
+    class Scripted(AtlasStrategy):
+        '''Targets by bar index: ``plan`` is "bar:L|F|S,...".'''
+
+        params = (("plan", ""),)
+
+        def __init__(self):
+            super().__init__()
+            steps = (item.split(":") for item in self.p.plan.split(",") if item)
+            self.plan = {int(bar): {"L": 1, "F": 0, "S": -1}[side] for bar, side in steps}
+
+        def next(self):
+            if len(self) - 1 in self.plan:
+                self.target(self.plan[len(self) - 1])
+"""
+
+
+def test_a_reversal_after_a_gap_inside_the_cushion_fills_on_the_first_bar(tmp_path):
+    """Short -> long, all in, the next open 0.9 % above the signal close: the buy-back and the buy
+    both fit (the cap prices the buy-back at the gapped open too), so the buy fills on the bar
+    after the signal, not one later after a 'margin' refusal."""
+    write_strategy(tmp_path, "scripted", SCRIPTED)
+    close = np.array([100, 100, 99, 98, 97, 96, 95, 95, 96, 97], dtype=float)
+    open_ = np.concatenate(([100.0], close[:-1]))
+    signal_bar = 6
+    open_[signal_bar + 1] = close[signal_bar] * 1.009
+    candles = pd.DataFrame(
+        {
+            "timestamp": 1_700_000_000_000 + 60_000 * np.arange(len(close), dtype=np.int64),
+            "open": open_, "high": np.maximum(open_, close), "low": np.minimum(open_, close),
+            "close": close, "volume": 1.0,
+        }
+    )
+    spec = BacktestSpec("scripted", {"plan": f"1:S,{signal_bar}:L", "allow_short": True}, fraction=1.0)
+    orders = run_backtest(candles, spec, "1m", strategies_dir=tmp_path).orders
+    times = pd.to_datetime(candles["timestamp"], unit="ms", utc=True)
+    assert list(orders["status"]) == ["completed"] * 3, orders
+    assert list(orders["side"]) == ["sell", "buy", "buy"]
+    assert list(orders["executed_time"]) == [times[2], times[signal_bar + 1], times[signal_bar + 1]]
+    # sized by the documented cap, from the cash and position at the signal bar
+    short = orders["size"].iloc[0]
+    cash = 10_000 + short * open_[2] * (1 - 0.001)
+    k = 1.001 * 1.01
+    cap = (cash - short * close[signal_bar] * k) / (close[signal_bar] * k)
+    expected = min((cash - short * close[signal_bar]) / close[signal_bar], cap)
+    assert orders["size"].iloc[2] == pytest.approx(expected, rel=1e-12)

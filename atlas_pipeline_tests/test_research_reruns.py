@@ -264,3 +264,30 @@ def test_a_cursor_of_another_format_starts_afresh(setup) -> None:
     _, _, instance = setup
     cursor = RerunCursor.parse('{"some": "declarative automation cursor"}', instance)
     assert cursor.origin == instance.event_log_storage.get_maximum_record_id()
+
+
+def test_reruns_run_in_one_job_per_exchange_entry(setup) -> None:
+    """Backtests on two exchange entries, one listing its markets and one choosing them by universe
+    rules: their research assets have different market partitions, which one Dagster job cannot
+    hold (the definitions failed to load). Each entry's reruns run in its own job."""
+    import yaml
+
+    config_dir, store_root, instance = setup
+    exchanges = yaml.safe_load((config_dir / "exchanges.yaml").read_text())
+    exchanges["exchanges"]["okx"] = {**exchanges["exchanges"]["binance"], "markets": [], "universe": {"quote": ["BTC"]}}
+    (config_dir / "exchanges.yaml").write_text(yaml.safe_dump(exchanges))
+    write_backtests(config_dir, {SMA: SMA_SETTINGS, "sma_okx": {**SMA_SETTINGS, "exchange": "okx", "symbols": ["ETH/BTC"]}})
+    defs = build_definitions(config_dir, store_root=str(store_root))
+    jobs = {job.name: job for job in defs.get_repository_def().get_all_jobs()}
+    assert set(jobs["research_reruns_okx"].asset_layer.executable_asset_keys) == {
+        backtest_asset_key("sma_okx"), metrics_asset_key("sma_okx")
+    }
+    assert set(jobs["research_reruns_unpartitioned"].asset_layer.executable_asset_keys) == {LEADERBOARD_KEY}
+
+    materialized(defs, instance)
+    quiet = sensor_tick(defs, instance)
+    [run] = run_range(config_dir, store_root, instance, ["ETH/BTC"], D(2018, 1, 20), D(2018, 1, 21), full_refresh=True)
+    assert run.success
+    [request] = sensor_tick(defs, instance, quiet.cursor).run_requests
+    assert (request.job_name, request.partition_key) == ("research_reruns_binance", "ETH-BTC")
+    assert set(request.asset_selection) == {BACKTEST, METRICS}

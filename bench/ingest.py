@@ -12,6 +12,8 @@ Run: ``.venv/bin/python bench/ingest.py [--symbol BTC/USDT] [--timeframe 1h] [--
 (d) measured first (``--only-cli``: nothing else): ``atlas fetch`` of the same backfill as a user
     runs it, in its own process on a fresh home: its peak RSS (bar < 500 MB: candles go to the store a chunk at a time) and the time from the
     command's start to its first progress line from the asset (bar <= 5 s);
+(f) with (d): the same ``atlas fetch`` again, through yesterday, on the now up-to-date home: its wall time and the
+    requests it sent to the emulator (bar: <= 3 s, zero requests);
 (e) the candle store's write/read times for 9 years of 1h and 1m candles (``bench/store_read.py``).
 It checks that the candles the pipeline stored equal those bare ccxt fetched, and exits 1 if not
 (or if a run fails). Each job runs once untimed over two days first, so neither pays the warm-up.
@@ -23,6 +25,7 @@ PostgreSQL: <= 10 s); set ``DAGSTER_EVENT_BATCH_SIZE`` (as production does) to b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import subprocess
@@ -57,6 +60,7 @@ PAGE_LIMIT = 1000
 BAR = 1.3
 RSS_BAR_MB = 500
 FIRST_PROGRESS_BAR_SECONDS = 5.0
+REFETCH_BAR_SECONDS = 3.0
 BOOKKEEPING_BAR_SECONDS = 10.0  # 2017 -> today 1h, one market, PostgreSQL (issue 9)
 LOG_LEVEL = "WARNING"  # Dagster's console logger: failures only, not every event
 WARM_UP_DAYS = 2
@@ -297,6 +301,18 @@ def print_process(run: ProcessRun) -> None:
           f"first progress line after {first} (bar <= {FIRST_PROGRESS_BAR_SECONDS:g} s{'' if first_ok else ': MISSED'})")
 
 
+def print_refetch(backfill: Backfill, home: Path, emulator) -> bool:
+    """(f): ``atlas fetch`` of the range (d) just stored up to its last complete day (today is still
+    open, so it is always fetched again), timed; True when it sent no request."""
+    before = emulator.stats["total"]
+    run = run_cli_process(dataclasses.replace(backfill, end=backfill.end - dt.timedelta(days=1)), home)
+    requests = emulator.stats["total"] - before
+    ok = run.returncode == 0 and requests == 0 and run.seconds <= REFETCH_BAR_SECONDS
+    _line("atlas fetch again, range up to date", run.seconds,
+          f"exit {run.returncode}, {requests} requests (bar <= {REFETCH_BAR_SECONDS:g} s, 0 requests{'' if ok else ': MISSED'})")
+    return run.returncode == 0 and requests == 0
+
+
 def _line(label: str, seconds: float, tail: str = "") -> None:
     print(f"  {label + ':':<45}{seconds:6.1f} s" + (f"   -> {tail}" if tail else ""))
 
@@ -341,6 +357,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         process = run_cli_process(backfill, work / "cli-home")  # first: nothing else has run yet
         print_process(process)
         failed |= process.returncode != 0
+        failed |= not print_refetch(backfill, work / "cli-home", emulator)
         if args.only_cli:
             return 1 if failed else 0
         warm_up(backfill, work)

@@ -28,10 +28,12 @@ class DonchianTrend(AtlasStrategy):
         super().__init__()
         self.check_params(self.p)
         high, low = self.data.high(-1), self.data.low(-1)
-        self.entry_high = bt.ind.Highest(high, period=self.p.entry_period)
-        self.entry_low = bt.ind.Lowest(low, period=self.p.entry_period)
-        self.exit_high = bt.ind.Highest(high, period=self.p.exit_period)
-        self.exit_low = bt.ind.Lowest(low, period=self.p.exit_period)
+        # subplot=False: the channels are prices, drawn over the candles in the report
+        entry, exit_ = self.p.entry_period, self.p.exit_period
+        self.entry_high = bt.ind.Highest(high, period=entry, subplot=False, plotname="entry high")
+        self.entry_low = bt.ind.Lowest(low, period=entry, subplot=False, plotname="entry low")
+        self.exit_high = bt.ind.Highest(high, period=exit_, subplot=False, plotname="exit high")
+        self.exit_low = bt.ind.Lowest(low, period=exit_, subplot=False, plotname="exit low")
 
     @staticmethod
     def check_params(p) -> None:

@@ -27,7 +27,7 @@ class SmaCrossover(AtlasStrategy):
         self.check_params(self.p)
         fast = bt.ind.SMA(self.data.close, period=self.p.fast)
         slow = bt.ind.SMA(self.data.close, period=self.p.slow)
-        self.cross = bt.ind.CrossOver(fast, slow)
+        self.cross = bt.ind.CrossOver(fast, slow, plot=False)  # a signal, not a chart line
 
     @staticmethod
     def check_params(p) -> None:

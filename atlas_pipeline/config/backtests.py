@@ -22,6 +22,7 @@ from atlas_pipeline.config.errors import MISSING, ConfigError, FieldError
 from atlas_pipeline.config.exchanges import ExchangesConfig
 from atlas_pipeline.config.loading import read_section, validation_error_to_config_error
 from atlas_pipeline.config.paths import config_dir
+from atlas_pipeline.research.engine.exits import EXIT_KEYS, EXIT_PREFIX, Exits
 from atlas_pipeline.research.sweep import CONFIRM_TOP, OBJECTIVE_METRICS, Objective, SweepFilters, expand_grid
 from atlas_pipeline.research.stats.overfitting import OverfittingLimits
 from atlas_pipeline.research.walkforward import WalkForwardPlan
@@ -51,6 +52,30 @@ class Sizing(BaseModel):
 
     fraction: float = Field(default=1.0, gt=0, le=1)
     """Fraction of current equity committed to each entry."""
+
+
+class ExitSettings(BaseModel):
+    """Protective exits, fractions of the entry price (docs/trading-model.md); any subset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stop_loss: float | None = Field(default=None, gt=0, lt=1)
+    take_profit: float | None = Field(default=None, gt=0, lt=1)
+    trailing_stop: float | None = Field(default=None, gt=0, lt=1)
+
+    def exits(self) -> Exits | None:
+        values = self.model_dump(exclude_none=True)
+        return Exits(**values) if values else None
+
+
+def _check_exit_grid(name: str, values: list[Any]) -> None:
+    """A swept ``exits.<key>``: a known exit, every value a fraction in (0, 1)."""
+    key = name.removeprefix(EXIT_PREFIX)
+    if key not in EXIT_KEYS:
+        raise FieldError(f"grid.{name}", values, f"unknown exit; exits are {', '.join(EXIT_KEYS)}")
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise FieldError(f"grid.{name}[{i}]", value, "an exit is a fraction of the entry price, 0 < value < 1")
 
 
 class Fees(BaseModel):
@@ -181,6 +206,8 @@ class BacktestSettings(BaseModel):
     sizing: Sizing = Field(default_factory=Sizing)
     fees: Fees = Field(default_factory=Fees)
     slippage: float = Field(default=0.0, ge=0, lt=0.1)
+    exits: ExitSettings = Field(default_factory=ExitSettings)
+    """Protective exits every position gets (docs/trading-model.md)."""
     grid: dict[str, Any] | None = None
     """Swept params: a list of values or a range each; the backtest then runs every combination
     and keeps the one the objective ranks first among those passing the filters."""
@@ -230,6 +257,11 @@ class BacktestSettings(BaseModel):
         fixed = sorted(set(self.grid) & set(self.params))
         if fixed:
             raise ValueError(f"param {fixed[0]!r} is both fixed in params and swept in grid")
+        for name in self.grid:
+            if name.startswith(EXIT_PREFIX):
+                _check_exit_grid(name, self.grid_values(name))
+                if getattr(self.exits, name.removeprefix(EXIT_PREFIX)) is not None:
+                    raise FieldError(f"grid.{name}", self.grid[name], "is both fixed in exits and swept in grid")
         size = math.prod(len(self.grid_values(name)) for name in self.grid)
         if size > MAX_CANDIDATES:
             raise ValueError(f"grid has {size:,} combinations; at most {MAX_CANDIDATES:,}")

@@ -1,6 +1,8 @@
 """Where backtest outputs live: ``<root>/backtests/<name>/<SYMBOL-KEY>/``.
 
 - ``equity.parquet``: the equity curve with the close price of each bar (``EQUITY_COLUMNS`` + close)
+- ``indicators.parquet``: the strategy's plotted indicator lines over the same bars (their chart
+  panels are in ``result.json``; results saved before indicators were recorded have none)
 - ``trades.parquet``, ``orders.parquet``: closed trades and every order
 - ``result.json``: warm-up bars and the parameters the run used
 - ``metrics.json`` and ``charts/<name>.png``: written by the metrics step
@@ -27,6 +29,7 @@ import io
 import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -36,6 +39,16 @@ from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.market_data.store import replace_file
 from atlas_pipeline.research.results import EQUITY_COLUMNS, BacktestResult
 from atlas_pipeline.research.walkforward import WalkForwardResult
+
+
+@dataclass
+class StoredWalkForward:
+    """What a report needs of a saved walk-forward (``WalkForwardResult`` without the per-window
+    sweeps and segment results): its ``windows``, ``oos_equity`` and ``summary``."""
+
+    windows: pd.DataFrame
+    oos_equity: pd.DataFrame
+    summary: dict[str, Any]
 
 
 class ResultStore:
@@ -57,7 +70,9 @@ class ResultStore:
         self._write(f"{folder}/equity.parquet", _parquet(equity))
         self._write(f"{folder}/trades.parquet", _parquet(result.trades))
         self._write(f"{folder}/orders.parquet", _parquet(result.orders))
-        meta = {"symbol": symbol, "warmup_bars": result.warmup_bars, "parameters": result.parameters}
+        self._write(f"{folder}/indicators.parquet", _parquet(result.indicators))
+        meta = {"symbol": symbol, "warmup_bars": result.warmup_bars, "parameters": result.parameters,
+                "indicator_panels": result.indicator_panels}
         self._write(f"{folder}/result.json", json.dumps(meta, indent=2, default=str).encode())
         return folder
 
@@ -67,6 +82,7 @@ class ResultStore:
             raise FileNotFoundError(f"no stored result for backtest {name!r} {symbol} (materialize backtest/{name} first)")
         meta = json.loads(self.fs.cat_file(f"{folder}/result.json"))
         equity = self._read(f"{folder}/equity.parquet")
+        indicators = self._read(f"{folder}/indicators.parquet") if self.fs.exists(f"{folder}/indicators.parquet") else None
         return BacktestResult(
             equity=equity.loc[:, list(EQUITY_COLUMNS)],
             trades=self._read(f"{folder}/trades.parquet"),
@@ -74,6 +90,8 @@ class ResultStore:
             close=equity["close"],
             warmup_bars=int(meta["warmup_bars"]),
             parameters=dict(meta.get("parameters", {})),
+            indicators=indicators if indicators is not None else pd.DataFrame(index=equity.index),
+            indicator_panels=dict(meta.get("indicator_panels", {})),
         )
 
     def save_metrics(self, name: str, symbol: str, metrics: Mapping[str, Any]) -> str:
@@ -102,6 +120,11 @@ class ResultStore:
         self._write(path, _parquet(table))
         return path
 
+    def load_sweep(self, name: str, symbol: str) -> pd.DataFrame | None:
+        """The stored sweep table (``sweep.SweepResult.table``), None when the backtest never swept."""
+        path = f"{self.folder(name, symbol)}/sweep.parquet"
+        return self._read(path) if self.fs.exists(path) else None
+
     def walkforward_folder(self, name: str, symbol: str) -> str:
         return f"{self.root}/walkforward/{name}/{symbol_key(symbol)}"
 
@@ -116,6 +139,16 @@ class ResultStore:
         self._write(f"{folder}/summary.json", json.dumps(dict(result.summary), indent=2, default=_json_value).encode())
         self._write(f"{folder}/charts/walkforward.png", chart)
         return folder
+
+    def load_walk_forward(self, name: str, symbol: str) -> StoredWalkForward | None:
+        """The stored windows, stitched out-of-sample equity and summary; None when never run."""
+        folder = self.walkforward_folder(name, symbol)
+        summary = self.load_walk_forward_summary(name, symbol)
+        if summary is None:
+            return None
+        return StoredWalkForward(
+            self._read(f"{folder}/windows.parquet"), self._read(f"{folder}/oos_equity.parquet"), summary
+        )
 
     def load_walk_forward_summary(self, name: str, symbol: str) -> dict[str, Any] | None:
         path = f"{self.walkforward_folder(name, symbol)}/summary.json"

@@ -4,7 +4,8 @@ Rules:
 
 - **Grid.** ``expand_grid`` is the cartesian product in the mapping's key order (first key
   slowest); candidates are numbered 0..n-1 in that order, and every table keeps it.
-- **Jobs.** A job is the pool's spec with the candidate's params merged over ``spec.params``, run
+- **Jobs.** A job is the pool's spec with the candidate's params merged over ``spec.params``
+  (and its ``exits.<key>`` values over ``spec.exits``: ``engine.exits.with_params``), run
   by ``engine.run_backtest`` on the candles whose open time is in ``[start_ms, end_ms)`` (with
   the job's ``trade_from_ms``, if any: earlier candles only warm up), then
   ``metrics.compute_metrics``. A candidate the strategy refuses (``StrategyError`` or
@@ -65,6 +66,7 @@ import pandas as pd
 
 from atlas_pipeline.config.paths import strategies_dir as default_strategies_dir
 from atlas_pipeline.research.engine import BacktestSpec, StrategyError, run_backtest
+from atlas_pipeline.research.engine.exits import with_params
 from atlas_pipeline.research.lookahead import LookaheadReport, check_lookahead
 from atlas_pipeline.research.metrics import METRIC_DESCRIPTIONS, compute_metrics
 from atlas_pipeline.research.metrics import daily_returns
@@ -228,7 +230,7 @@ def _init_worker(candles: pd.DataFrame, spec: BacktestSpec, timeframe: str, stra
 
 def _run_job(context: _Context, job: BacktestJob, keep: bool, confirm: bool = False) -> JobOutcome:
     lo, hi = context.rows(job)
-    spec = dataclasses.replace(context.spec, params={**context.spec.params, **job.params})
+    spec = with_params(context.spec, job.params)
     try:
         result = run_backtest(context.candles.iloc[lo:hi], spec, context.timeframe, context.strategies_dir,
                               trade_from_ms=job.trade_from_ms)
@@ -262,7 +264,7 @@ def _worker_screen(jobs: Sequence[BacktestJob]) -> list[JobOutcome | None]:
 
 
 def _single(context: _Context, params: dict[str, Any], lookahead: bool) -> SingleBacktest:
-    spec = dataclasses.replace(context.spec, params={**context.spec.params, **params})
+    spec = with_params(context.spec, params)
     began = time.perf_counter()
     result = run_backtest(context.candles, spec, context.timeframe, context.strategies_dir)
     ran = time.perf_counter()

@@ -28,7 +28,6 @@ import dagster as dg
 
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.config.exchanges import ExchangeSettings
-from atlas_pipeline.defs.research.assets import RESEARCH_GROUP
 from atlas_pipeline.defs.research.reruns import (
     MAX_RUNS_PER_TICK,
     RerunCursor,
@@ -36,6 +35,7 @@ from atlas_pipeline.defs.research.reruns import (
     TickOutcome,
     evaluate_tick,
     rerun_graph,
+    research_jobs,
 )
 
 RESEARCH_AUTOMATION_SENSOR = "research_reruns"
@@ -103,7 +103,7 @@ def research_automation_sensor(
 
     @dg.sensor(
         name=RESEARCH_AUTOMATION_SENSOR,
-        target=dg.AssetSelection.groups(RESEARCH_GROUP),
+        jobs=research_jobs(graph),  # one per exchange entry: each has its own market partitions
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(

@@ -117,6 +117,31 @@ class RerunGraph:
         return key in self.exchange_of
 
 
+UNPARTITIONED_RESEARCH_JOB = "research_reruns_unpartitioned"
+
+
+def research_job_name(exchange: str) -> str:
+    """The job the sensor's reruns of ``exchange``'s research partitions run in. One per exchange
+    entry: a Dagster job's assets share one partitions definition, and each entry has its own
+    market dimension (a universe entry's is dynamic)."""
+    return f"research_reruns_{exchange}"
+
+
+def research_jobs(graph: "RerunGraph") -> list[dg.UnresolvedAssetJobDefinition]:
+    """The sensor's jobs: the partitioned research assets of each exchange entry, and the
+    unpartitioned ones (the leaderboard)."""
+    by_exchange: dict[str, list[dg.AssetKey]] = defaultdict(list)
+    for key, exchange in graph.exchange_of.items():
+        by_exchange[exchange].append(key)
+    unpartitioned = {child for children in graph.children.values() for child in children} - set(graph.exchange_of)
+    jobs = [
+        dg.define_asset_job(research_job_name(exchange), selection=dg.AssetSelection.assets(*sorted(keys, key=str)))
+        for exchange, keys in sorted(by_exchange.items())
+    ]
+    jobs.append(dg.define_asset_job(UNPARTITIONED_RESEARCH_JOB, selection=dg.AssetSelection.assets(*sorted(unpartitioned, key=str))))
+    return jobs
+
+
 def rerun_graph(backtests: Iterable[BacktestSettings], exchanges: Mapping[str, ExchangeSettings]) -> RerunGraph:
     """Candles -> backtest and walk-forward, backtest -> metrics, metrics -> leaderboard (as declared
     in ``assets.py``)."""
@@ -521,6 +546,7 @@ def _partition_runs(
         requests.append(
             dg.RunRequest(
                 run_key=f"{exchange}:{market}:{max(keys.values())}",
+                job_name=research_job_name(exchange),
                 partition_key=market,
                 asset_selection=sorted(keys, key=lambda key: key.to_user_string()),
                 tags={"atlas/rerun": "inputs changed"},
@@ -563,7 +589,12 @@ def _unpartitioned_runs(
                 continue
         outcome.partitions += 1
         requests.append(
-            dg.RunRequest(run_key=f"{name}:{int(storage_id)}", asset_selection=[child], tags={"atlas/rerun": "inputs changed"})
+            dg.RunRequest(
+                run_key=f"{name}:{int(storage_id)}",
+                job_name=UNPARTITIONED_RESEARCH_JOB,
+                asset_selection=[child],
+                tags={"atlas/rerun": "inputs changed"},
+            )
         )
     return requests
 
