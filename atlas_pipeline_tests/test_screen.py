@@ -1,6 +1,6 @@
 """Screen then confirm (research/sweep.py): the twin ranks every candidate, backtrader reruns the
 best and the chosen one, a drifted twin fails the sweep, a strategy without a twin is run by
-backtrader throughout."""
+backtrader throughout, and so are candidates with protective exits."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ import pytest
 
 from atlas_pipeline.config.paths import strategies_dir
 from atlas_pipeline.research.engine import BacktestSpec, run_backtest
+from atlas_pipeline.research.engine.exits import Exits, with_params
 from atlas_pipeline.research.metrics import METRIC_DESCRIPTIONS, compute_metrics
+from atlas_pipeline.research.strategy_loader import load_strategy
 from atlas_pipeline.research.sweep import BacktestPool, Objective, SweepFilters, TwinMismatch, expand_grid, run_sweep
+from atlas_pipeline.research.vector import Bars, run_twin
+from atlas_pipeline.research.vector.twin import ExitsNotTwinned
 
 from .support import shared_candles
 
@@ -110,3 +114,29 @@ def test_two_workers_screen_like_one(candles, screened):
     with BacktestPool(candles, SPEC, "5m", workers=2) as pool:
         parallel = run_sweep(pool, expand_grid(GRID), Objective("sharpe"), SweepFilters(min_trades=5), confirm_top=3)
     pd.testing.assert_frame_equal(parallel.table, screened.table, check_exact=True)
+
+
+def test_candidates_with_exits_run_on_backtrader(candles):
+    """The simulator does not fill protective exits, so a grid over ``exits.<key>`` and a spec with
+    exits send every candidate to backtrader (confirm_top=0 would leave all but the chosen one to
+    the twin otherwise): each row is exactly a plain backtest of that candidate."""
+    cases = [
+        (SPEC, {"fast": [5, 8], "exits.stop_loss": [0.004, 0.01]}),
+        (BacktestSpec("sma_crossover", {"allow_short": True}, exits=Exits(take_profit=0.006)), {"fast": [5, 8], "slow": [21]}),
+    ]
+    for spec, grid in cases:
+        candidates = expand_grid(grid)
+        with BacktestPool(candles, spec, "5m", workers=1) as pool:
+            result = run_sweep(pool, candidates, Objective("sharpe"), SweepFilters(), confirm_top=0)
+        assert (result.table["evaluated_by"] == "backtrader").all(), grid
+        fired = 0
+        for row, params in zip(result.table.itertuples(), candidates):
+            plain = run_backtest(candles, with_params(spec, params), "5m")
+            metrics = compute_metrics(plain.equity, plain.trades, plain.close)
+            for key in ("sharpe", "final_equity", "trade_count", "max_drawdown"):
+                assert getattr(row, key) == metrics[key], (params, key)
+            fired += int((plain.trades["exit_reason"] != "signal").sum())
+        assert fired > 0  # the exits do close trades here, so the twin's numbers would differ
+    with pytest.raises(ExitsNotTwinned, match="exits"):
+        run_twin(load_strategy("sma_crossover"), Bars.from_candles(candles), {"fast": 5, "slow": 21},
+                 with_params(SPEC, {"exits.trailing_stop": 0.01}))

@@ -167,6 +167,33 @@ def test_the_margin_case_of_the_engine_test():
     assert list(orders["status"]) == ["margin", "completed"]
 
 
+def test_a_reversal_after_a_gap_up_inside_the_cushion():
+    """test_engine's reversal case on a shipped strategy: short -> long, all in, the next open
+    0.9 % above the signal close. The sizer prices the short's buy-back at the cushioned open
+    too, so both orders fit and fill on the bar after the signal; the twin sizes the buy the same."""
+    close = np.array([10, 10, 10, 10, 10, 10, 10, 11, 10, 9, 8, 7, 6, 5, 6, 7, 8, 9, 10, 11, 12], dtype=float)
+    open_ = np.concatenate(([10.0], close[:-1]))
+    signal_bar = 15  # fast SMA(2) crosses above SMA(4) here
+    open_[signal_bar + 1] = close[signal_bar] * 1.009
+    candles = pd.DataFrame({
+        "timestamp": 1_700_000_000_000 + 60_000 * np.arange(len(close), dtype=np.int64),
+        "open": open_, "high": np.maximum(open_, close), "low": np.minimum(open_, close), "close": close, "volume": 1.0,
+    })
+    spec = BacktestSpec("sma_crossover", {"fast": 2, "slow": 4, "allow_short": True}, fraction=1.0)
+    orders = assert_twin_equals_engine(candles, spec, "1m", metrics=False)  # minutes: CAGR overflows
+    assert list(orders["side"]) == ["sell", "buy", "buy"]
+    assert list(orders["status"]) == ["completed"] * 3
+    times = pd.to_datetime(candles["timestamp"], unit="ms", utc=True)
+    assert list(orders["created_time"][1:]) == [times[signal_bar]] * 2
+    assert list(orders["executed_time"][1:]) == [times[signal_bar + 1]] * 2
+    # the long is the documented cap (docs/trading-model.md, Sizing), computed here by hand
+    short = orders["size"].iloc[0]
+    cash = 10_000 + short * open_[orders["executed_time"].iloc[0] == times].item() * (1 - 0.001)
+    k = 1.001 * 1.01
+    cap = (cash - short * close[signal_bar] * k) / (close[signal_bar] * k)
+    assert orders["size"].iloc[2] == pytest.approx(min((cash - short * close[signal_bar]) / close[signal_bar], cap), rel=1e-12)
+
+
 def test_sma_is_fsum_exact():
     """The twin's SMA against a Python loop of math.fsum (backtrader's Average)."""
     values = np.random.default_rng(1).random(300) * 1e-5 + 0.07

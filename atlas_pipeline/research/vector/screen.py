@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from atlas_pipeline.research.engine.exits import with_params
 from atlas_pipeline.research.strategy_loader import load_strategy, validate_params
 from atlas_pipeline.research.vector.signals import Bars
 from atlas_pipeline.research.vector.twin import TwinRun, has_twin, run_twin, twin_metrics, twin_mismatch
@@ -43,7 +44,11 @@ def daily_of(timestamp_ms: int, daily: np.ndarray) -> tuple[int, np.ndarray]:
 
 
 def twin_for(bars: Bars, cls: Any, spec: Any, params: dict[str, Any], trade_from_ms: int | None) -> TwinRun:
-    """The twin's run of one job (``ValueError``/``StrategyError`` as the engine would refuse)."""
+    """The twin's run of one job: ``params`` (strategy params and ``exits.<key>`` values) applied to
+    ``spec`` as the engine applies them. Raises ``twin.ExitsNotTwinned`` for a candidate with exits
+    and ``ValueError``/``StrategyError`` where the engine would refuse it."""
+    spec = with_params(spec, params)
+    params = dict(spec.params)
     validate_params(spec.strategy, cls, params)
     trade_from_bar = None
     if trade_from_ms is not None:
@@ -57,8 +62,9 @@ def screen(
     cache: BarsCache, spec: Any, strategies_dir: Any, jobs: Sequence[tuple[dict[str, Any], int, int, int | None]]
 ) -> list[tuple[dict[str, Any], tuple[int, np.ndarray]] | None]:
     """(metrics, daily returns) per job ``(params, lo, hi, trade_from_ms)``; None where the
-    strategy has no twin or the twin cannot run the candidate (backtrader then runs it, and
-    reports the refusal in its own words)."""
+    strategy has no twin, the candidate has protective exits (``spec.exits`` or an ``exits.<key>``
+    grid value: the simulator does not fill exits) or the twin cannot run the candidate
+    (backtrader then runs it, and reports the refusal in its own words)."""
     try:
         cls = load_strategy(spec.strategy, strategies_dir)
     except Exception:  # noqa: BLE001 - backtrader reports it per candidate
@@ -69,7 +75,7 @@ def screen(
     for params, lo, hi, trade_from_ms in jobs:
         try:
             bars = cache.get(lo, hi)
-            twin = twin_for(bars, cls, spec, {**spec.params, **params}, trade_from_ms)
+            twin = twin_for(bars, cls, spec, params, trade_from_ms)
             metrics, daily = twin_metrics(twin, bars)
         except Exception:  # noqa: BLE001 - any refusal: the candidate goes to backtrader
             out.append(None)
@@ -83,7 +89,7 @@ def confirm(cache: BarsCache, spec: Any, strategies_dir: Any, params: dict[str, 
     """Where the twin departs from backtrader's ``result`` for this job (None: they agree)."""
     cls = load_strategy(spec.strategy, strategies_dir)
     try:
-        twin = twin_for(cache.get(lo, hi), cls, spec, {**spec.params, **params}, trade_from_ms)
+        twin = twin_for(cache.get(lo, hi), cls, spec, params, trade_from_ms)
     except Exception as error:  # noqa: BLE001 - backtrader ran it, so the twin should have
         return f"the twin raised {type(error).__name__}: {error}"
     return twin_mismatch(twin, result)

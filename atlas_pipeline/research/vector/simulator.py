@@ -14,8 +14,9 @@ Each bar ``t`` runs the three phases backtrader runs, in its order:
    may call ``target(direction)``; it sends orders unless some are pending, the bar is the last,
    or the bar is before ``trade_from`` (the engine drops orders there, the target stays set).
 
-Sizing is ``FractionSizer``'s expression for expression (the cushion cap on buys, shorts
-uncapped), so a refusal falls on the same bar. A position open after the last bar stays in the
+Sizing is ``FractionSizer``'s expression for expression (the cushion cap on buys, the short's
+buy-back on a reversal priced at the cushioned open too, shorts uncapped), so a refusal falls on
+the same bar. A position open after the last bar stays in the
 equity, not in the trades (end-of-data marking). Protective exits (stop, take-profit) belong in
 phase 1, as orders that fill inside a bar's range: the loop keeps one place where orders fill.
 """
@@ -39,7 +40,7 @@ def _size(buy: bool, cash: float, held: float, close: float, fraction: float, co
     size = fraction * (cash + held * close) / close
     if buy:
         costs = (1 + slippage) * (1 + commission)
-        available = cash + min(held, 0.0) * close * costs
+        available = cash + min(held, 0.0) * close * costs * (1 + cushion)
         size = min(size, available / (close * costs * (1 + cushion)))
     return max(size, 0.0)
 

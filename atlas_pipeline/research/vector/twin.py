@@ -43,6 +43,10 @@ class TwinRun:
                             trades["gross_pnl"] - trades["fees"], trades["size"] * trades["entry_price"], day_index)
 
 
+class ExitsNotTwinned(ValueError):
+    """The spec has protective exits, which the simulator does not fill: backtrader runs it."""
+
+
 def run_twin(
     cls: type[bt.Strategy],
     bars: Bars,
@@ -52,7 +56,10 @@ def run_twin(
 ) -> TwinRun:
     """The twin of ``cls`` with ``params`` (over its defaults) on ``bars``, sized and charged as
     ``spec`` (an ``engine.BacktestSpec``). Raises what the twin raises (a bad param), or
-    ``ValueError`` when the candles are fewer than the warm-up."""
+    ``ValueError`` when the candles are fewer than the warm-up, ``ExitsNotTwinned`` when ``spec``
+    has exits (docs/walkforward.md: candidates with exits go to backtrader)."""
+    if getattr(spec, "exits", None):
+        raise ExitsNotTwinned(f"exits {spec.exits.as_dict()} are filled by backtrader only, not by the twin's simulator")
     p = SimpleNamespace(**{**strategy_params(cls), **params})
     signals: Signals = cls.vector_signals(bars, p)
     if signals.first >= len(bars):
