@@ -26,7 +26,8 @@ Rules:
   rows hold backtrader's metrics (``evaluated_by``). A confirmed candidate whose twin differs from
   backtrader beyond 1e-9 relative (equity or trades) fails the sweep with ``TwinMismatch``
   naming the strategy, params and first differing bar: a drifted twin is a bug. Candidates the
-  twin cannot run (a strategy without a twin, a refused param) go to backtrader, as before.
+  twin cannot run (a strategy without a twin, a refused param, protective exits) go to
+  backtrader, as before.
   ``confirm_top=None`` runs every candidate through backtrader.
 - **Processes.** ``BacktestPool`` sends candles/spec/timeframe once per worker (pool
   initializer into a module global) and per job only the params and range; workers return

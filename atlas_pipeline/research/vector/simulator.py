@@ -16,9 +16,11 @@ Each bar ``t`` runs the three phases backtrader runs, in its order:
 
 Sizing is ``FractionSizer``'s expression for expression (the cushion cap on buys, the short's
 buy-back on a reversal priced at the cushioned open too, shorts uncapped), so a refusal falls on
-the same bar. A position open after the last bar stays in the
-equity, not in the trades (end-of-data marking). Protective exits (stop, take-profit) belong in
-phase 1, as orders that fill inside a bar's range: the loop keeps one place where orders fill.
+the same bar. A position open after the last bar stays in the equity, not in the trades
+(end-of-data marking). Protective exits (``spec.exits``) are not simulated: ``run_twin`` refuses
+a spec with exits and such candidates run on backtrader (docs/walkforward.md). Were they added,
+they belong in phase 1, as orders that fill inside a bar's range: the loop keeps one place where
+orders fill.
 """
 
 from __future__ import annotations
