@@ -37,6 +37,7 @@ from atlas_pipeline.research.plots import (
 )
 from atlas_pipeline.research.report import ReportChart, ReportSection, ReportTable, write_html_report
 from atlas_pipeline.research.result_store import ResultStore, StoredWalkForward
+from atlas_pipeline.research.stats.overfitting import over_limits
 from atlas_pipeline.research.walkforward import WINDOW_METRICS
 
 SWEEP_COLUMNS = ("objective", "trade_count", "total_return", "max_drawdown", "sharpe", "passed", "rejected", "chosen")
@@ -122,10 +123,25 @@ def _backtest_section(
     sweep = results.load_sweep(settings.name, symbol) if settings.grid is not None else None
     if sweep is not None:
         blocks += _sweep_blocks(settings, sweep, title)
+    overfitting = results.load_overfitting(results.folder(settings.name, symbol)) if settings.grid is not None else None
+    if overfitting:
+        metrics = {**metrics, **overfitting}
     notes = (f"{result.bars:,} bars after {result.warmup_bars} warm-up; commission {parameters.get('commission', 0):.4%} "
              f"per fill, slippage {parameters.get('slippage', 0):.4%}, {parameters.get('fraction', 1):.0%} of equity per entry.")
+    if overfitting:
+        notes += "\n" + overfitting_note(overfitting, settings)
     return ReportSection(heading=symbol, metrics=metrics, blocks=blocks, notes=notes, warnings=warnings,
                          params=format_params(parameters.get("params", settings.params)))
+
+
+def overfitting_note(stats: Mapping[str, object], settings: BacktestSettings) -> str:
+    """One line on the overfitting statistics and the limits (docs/walkforward.md explains them)."""
+    reasons = over_limits(stats, settings.overfitting_limits())
+    verdict = ("over the limits: " + "; ".join(reasons)) if reasons else "within the limits"
+    return (f"Deflated Sharpe {_number(stats.get('dsr')):.3f} over {_number(stats.get('trials')):.0f} trials, "
+            f"PBO {_number(stats.get('pbo')):.3f}; bootstrap Sharpe 5/50/95 % "
+            f"{_number(stats.get('bootstrap_sharpe_p5')):.2f} / {_number(stats.get('bootstrap_sharpe_p50')):.2f} / "
+            f"{_number(stats.get('bootstrap_sharpe_p95')):.2f}: {verdict}.")
 
 
 def _sweep_blocks(settings: BacktestSettings, table: pd.DataFrame, title: str) -> list[ReportChart | ReportTable]:

@@ -289,6 +289,11 @@ def cmd_backtest(args: argparse.Namespace) -> None:
         metrics = results.load_metrics(args.name, symbol) or {}
         metrics.pop("warnings", None)  # printed above
         print(metrics_table_markdown(metrics))
+        overfitting = results.load_overfitting(results.folder(args.name, symbol)) if settings.grid else None
+        if overfitting:
+            from atlas_pipeline.research_runs import overfitting_note
+
+            print(f"\noverfitting: {overfitting_note(overfitting, settings)}")
         print(f"\nresults: {results.url(results.folder(args.name, symbol))}")
     reasons += [f"{run.label}: {run.failure_reason()}" for run in runs[len(symbols):] if not run.success]
     if reasons:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from atlas_pipeline.backtest_report import write_backtest_report  # noqa: F401 - where the CLI and demo find it
+from atlas_pipeline.backtest_report import overfitting_note, write_backtest_report  # noqa: F401 - where the CLI and demo find them
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.market_data.candles import timeframe_ms
 from atlas_pipeline.market_data.funding import funding_interval
@@ -30,11 +30,14 @@ from atlas_pipeline.research.engine import BacktestSpec
 from atlas_pipeline.research.engine.exits import split_params, with_params
 from atlas_pipeline.research.engine.perps import PerpSpec, check_funding, perp_metrics
 from atlas_pipeline.research.lookahead import LookaheadReport
-from atlas_pipeline.research.metrics import compute_metrics
+from atlas_pipeline.market_data.candles import timeframe_ms
+from atlas_pipeline.research.metrics import compute_metrics, daily_returns
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.results import BacktestResult
 from atlas_pipeline.research.strategy_loader import load_strategy, validate_params
+from atlas_pipeline.research.stats.overfitting import over_limits
 from atlas_pipeline.research.sweep import BacktestPool, SweepResult, run_sweep
+from atlas_pipeline.research.trials import sweep_overfitting, trial_rows, walkforward_overfitting
 
 Log = Callable[[str], None]
 WORKERS_ENV = "ATLAS_WORKERS"
@@ -42,6 +45,7 @@ WORKERS_ENV = "ATLAS_WORKERS"
 CHARTS = ("equity_drawdown", "trades")
 """PNG charts the metrics step draws for every backtest result (Dagster metadata), by file name."""
 LEADERBOARD_METRICS = ("sharpe", "total_return", "cagr", "max_drawdown", "trade_count", "win_rate", "buy_and_hold_return")
+OVERFITTING_COLUMNS = ("dsr", "pbo", "trials")
 
 
 def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
@@ -118,6 +122,8 @@ class BacktestRun:
     sweep: SweepResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     coverage: DataCoverage | None = None
+    overfitting: dict[str, float] | None = None
+    """A sweep's DSR, PBO and bootstrap bands (``research/trials.py``), saved beside the result."""
 
 
 class NoCandidatePassed(ValueError):
@@ -149,8 +155,10 @@ def run_backtest(
     workers = sweep_workers() if settings.grid is not None else 1
     with BacktestPool(candles, spec, settings.timeframe, strategies_dir, workers, isolate=True, label=f"{settings.name} {symbol}") as pool:
         if settings.grid is not None:
-            sweep = run_sweep(pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), progress=log)
+            sweep = run_sweep(pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(),
+                              progress=log, confirm_top=settings.confirm_top)
             results.save_sweep(settings.name, symbol, sweep.table)
+            _record_trials(settings, symbol, candles, results, [sweep], "sweep")
             seconds["sweep"] = time.perf_counter() - started
             if sweep.chosen is None:
                 raise NoCandidatePassed(
@@ -164,9 +172,39 @@ def run_backtest(
     folder = results.save_result(settings.name, symbol, single.result)
     coverage = backtest_coverage(settings, symbol, store)
     results.save_coverage(settings.name, symbol, coverage.as_dict())
+    overfitting = None
+    if sweep is not None:
+        start, end = data_range(candles, settings.timeframe)
+        registry = results.trials(settings.exchange, symbol, settings.timeframe)
+        overfitting = sweep_overfitting(daily_returns(single.result.equity["equity"]).to_numpy(float), sweep.dailies or [],
+                                        registry, start, end)
+        results.save_overfitting(folder, overfitting)
     seconds.update(single.seconds, save=time.perf_counter() - saving)
-    return BacktestRun(single.result, folder, spec, single.lookahead, sweep, seconds, coverage)
+    return BacktestRun(single.result, folder, spec, single.lookahead, sweep, seconds, coverage=coverage, overfitting=overfitting)
 
+
+def data_range(candles: pd.DataFrame, timeframe: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """[first candle's open, last candle's close) of a candle frame, UTC."""
+    stamps = candles["timestamp"]
+    return (pd.Timestamp(int(stamps.iloc[0]), unit="ms", tz="UTC"),
+            pd.Timestamp(int(stamps.iloc[-1]) + timeframe_ms(timeframe), unit="ms", tz="UTC"))
+
+
+def _record_trials(settings: BacktestSettings, symbol: str, candles: pd.DataFrame, results: ResultStore,
+                   sweeps: list[SweepResult], kind: str, windows: pd.DataFrame | None = None) -> None:
+    """Every candidate of these sweeps into the trials registry (one file for the run); a
+    walk-forward's candidates with their train window (``windows``: its windows table)."""
+    start, end = data_range(candles, settings.timeframe)
+    grid = settings.candidates()
+    frames = [
+        trial_rows(sweep, grid, backtest=settings.name, kind=kind, strategy=settings.strategy, exchange=settings.exchange,
+                   symbol=symbol, timeframe=settings.timeframe,
+                   data_start=windows["train_start"].iloc[i] if windows is not None else start,
+                   data_end=windows["train_end"].iloc[i] if windows is not None else end,
+                   window=i if windows is not None else -1)
+        for i, sweep in enumerate(sweeps)
+    ]
+    results.record_trials(settings.exchange, symbol, settings.timeframe, settings.name, pd.concat(frames, ignore_index=True))
 
 def backtest_coverage(settings: BacktestSettings, symbol: str, store: CandleStore) -> DataCoverage:
     """How much of the backtest's period the stored candles cover (thin data is warned about)."""
@@ -191,6 +229,7 @@ class WalkForwardRun:
     chart: bytes
     folder: str
     seconds: dict[str, float] = field(default_factory=dict)
+    overfitting: dict[str, float] = field(default_factory=dict)
 
 
 def run_walk_forward(
@@ -213,14 +252,20 @@ def run_walk_forward(
         candles, spec, settings.timeframe, strategies_dir, sweep_workers(), isolate=True, label=f"walk-forward {settings.name} {symbol}"
     ) as pool:
         result = walkforward.run_walk_forward(
-            pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), plan, progress=log
+            pool, settings.candidates(), settings.sweep_objective(), settings.sweep_filters(), plan, progress=log,
+            confirm_top=settings.confirm_top,
         )
+    _record_trials(settings, symbol, candles, results, result.sweeps, "walkforward", result.windows)
+    start, end = data_range(candles, settings.timeframe)
+    overfitting = walkforward_overfitting(daily_returns(result.oos_equity["equity"]).to_numpy(float), result.sweeps,
+                                          results.trials(settings.exchange, symbol, settings.timeframe), start, end)
     ran = time.perf_counter()
     chart = walkforward_chart(result, f"{settings.name} {symbol} {settings.timeframe}")
     drawn = time.perf_counter()
     folder = results.save_walk_forward(settings.name, symbol, result, chart)
+    results.save_overfitting(folder, overfitting)
     seconds = {"walk_forward": ran - started, "chart": drawn - ran, "save": time.perf_counter() - drawn}
-    return WalkForwardRun(result, chart, folder, seconds)
+    return WalkForwardRun(result, chart, folder, seconds, overfitting)
 
 
 @dataclass
@@ -231,6 +276,8 @@ class MetricsRun:
     seconds: dict[str, float] = field(default_factory=dict)
     coverage: DataCoverage | None = None
     """Of the candles the backtest ran on; its ``warning`` says when they are thin."""
+    overfitting: dict[str, float] | None = None
+    """The sweep's DSR, PBO and bootstrap bands (None for a backtest without a grid)."""
 
 
 def compute_backtest_metrics(settings: BacktestSettings, symbol: str, results: ResultStore) -> MetricsRun:
@@ -253,21 +300,29 @@ def compute_backtest_metrics(settings: BacktestSettings, symbol: str, results: R
     results.save_metrics(settings.name, symbol, {**metrics, **({"warnings": warnings} if warnings else {})})
     paths = {chart: results.save_chart(settings.name, symbol, chart, png) for chart, png in charts.items()}
     seconds = {"metrics": computed - started, "charts": drawn - computed, "save": time.perf_counter() - drawn}
-    return MetricsRun(metrics, charts, paths, seconds, coverage)
+    overfitting = results.load_overfitting(results.folder(settings.name, symbol)) if settings.grid is not None else None
+    return MetricsRun(metrics, charts, paths, seconds, coverage=coverage, overfitting=overfitting)
 
 
 def leaderboard(backtests: Iterable[BacktestSettings], results: ResultStore) -> pd.DataFrame:
-    """Every backtest x market with stored metrics, best Sharpe first (NaN last)."""
+    """Every backtest x market with stored metrics, best Sharpe first (NaN last), with a swept
+    backtest's ``dsr``, ``pbo`` and ``trials`` (NaN without a grid). A result over its
+    ``overfitting`` limits is left out when the limits block (config ``overfitting.block``)."""
     rows = []
     for settings in backtests:
         for symbol in settings.symbols:
             metrics = results.load_metrics(settings.name, symbol)
             if metrics is None:
                 continue
+            overfitting = (results.load_overfitting(results.folder(settings.name, symbol)) or {}) if settings.grid else {}
+            limits = settings.overfitting_limits()
+            if limits.block and over_limits(overfitting, limits):
+                continue
             row: dict[str, Any] = {"backtest": settings.name, "strategy": settings.strategy, "symbol": symbol}
             row.update({key: _number(metrics.get(key)) for key in LEADERBOARD_METRICS})
+            row.update({key: _number(overfitting.get(key)) for key in OVERFITTING_COLUMNS})
             rows.append(row)
-    columns = ["rank", "backtest", "strategy", "symbol", *LEADERBOARD_METRICS]
+    columns = ["rank", "backtest", "strategy", "symbol", *LEADERBOARD_METRICS, *OVERFITTING_COLUMNS]
     if not rows:
         return pd.DataFrame(columns=columns)
     table = pd.DataFrame(rows).sort_values("sharpe", ascending=False, na_position="last", kind="stable")

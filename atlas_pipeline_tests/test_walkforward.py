@@ -74,13 +74,19 @@ def candles() -> pd.DataFrame:
 
 
 class CountingPool(BacktestPool):
-    """A real pool that notes each ``run`` call's size and whether it kept results."""
+    """A real pool that notes each ``run`` call's size, whether it kept results and whether it
+    confirmed twin runs, and each ``screen`` call's size."""
 
-    calls: list[tuple[int, bool]]
+    calls: list[tuple[int, bool, bool]]
+    screens: list[int]
 
-    def run(self, jobs, keep_results=False, progress=None):
-        self.calls = [*getattr(self, "calls", []), (len(jobs), keep_results)]
-        return super().run(jobs, keep_results, progress)
+    def run(self, jobs, keep_results=False, progress=None, confirm=False):
+        self.calls = [*getattr(self, "calls", []), (len(jobs), keep_results, confirm)]
+        return super().run(jobs, keep_results, progress, confirm)
+
+    def screen(self, jobs, progress=None):
+        self.screens = [*getattr(self, "screens", []), len(jobs)]
+        return super().screen(jobs, progress)
 
 
 # rolling: min_trades 40 leaves windows 0-3 and 7 without a winner on these candles (flat, then a
@@ -109,7 +115,18 @@ def test_windows_and_pool_calls(walk, candles):
     assert n >= 3 and len(result.sweeps) == len(result.segments) == n
     with_winner = result.windows["params"].notna()
     assert with_winner.any() and (not with_winner.all()) == (plan.anchored is False), "both cases are exercised"
-    assert pool.calls == [(n * len(GRID), False), (result.summary["windows_with_winner"], True)]
+    # every train candidate screened in one call; each window's top 5 and winner confirmed
+    # through backtrader (in as few calls as ties allow); then every test segment in one call
+    assert pool.screens == [n * len(GRID)]
+    confirms = pool.calls[:-1]
+    assert confirms and all(confirm and not keep for _, keep, confirm in confirms)
+    assert sum(size for size, _, _ in confirms) <= n * 6
+    assert pool.calls[-1] == (result.summary["windows_with_winner"], True, False)
+    for sweep, row in zip(result.sweeps, result.windows.itertuples()):
+        table = sweep.table
+        assert set(table["evaluated_by"]) <= {"twin", "backtrader"}
+        if sweep.chosen is not None:
+            assert table.loc[table["chosen"], "evaluated_by"].item() == "backtrader"
     stamps = candles["timestamp"]
     rows = result.windows
     windows = plan_windows(int(stamps.iloc[0]), int(stamps.iloc[-1]) + 300_000, plan)

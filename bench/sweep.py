@@ -10,6 +10,17 @@ times, the speed-up serial / pool and the bar (>= 1.7 on 2 cores, ``0.85 x cores
 and checks that both sweeps give the same table exactly; exits 1 if they differ or the ratio is
 under the bar. On a shared box the bar can only be met when the cores are free: the run also
 prints how many cores' worth a plain CPU-bound loop gets before and after (1 vs N processes).
+
+``--grid 1000`` instead measures screen + confirm (issue 13): 1,000 ``sma_crossover`` candidates
+(fast 2..41 x slow 50..290) on one year of seeded 1h synthetic candles, all cores: candidates/s
+of the sweep as ``research_runs`` runs it (twin screen, top 5 + chosen confirmed by backtrader)
+and of backtrader-only (a seeded sample of 100 candidates plus the confirmed ones, timed and
+extrapolated: every backtrader run of one candle range costs the same whatever its params;
+``--bt-all`` runs all 1,000, ~2 minutes), their ratio (bars: >= 300 candidates/s, >= 50x), and
+checks the choice is the same either way; then a walk-forward of the same 1,000 candidates x 10
+windows (train 90 days, test 27) on that market (bar: under a minute, pool startup included).
+Pool startup (fork server, workers importing backtrader and numba) is timed apart: it is paid
+once per sweep or walk-forward, whatever the grid.
 """
 
 from __future__ import annotations
@@ -62,7 +73,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=int, default=240)
     parser.add_argument("--timeframe", default="5m")
+    parser.add_argument("--grid", type=int, help="screen + confirm bench with this many candidates (1h, 365 days)")
+    parser.add_argument("--bt-sample", type=int, default=100, help="backtrader-only candidates timed with --grid")
+    parser.add_argument("--bt-all", action="store_true", help="with --grid: run every candidate through backtrader")
     args = parser.parse_args()
+    if args.grid:
+        from screen import main as screen_main, walk_forward
+        from atlas_pipeline.research.walkforward import WalkForwardPlan
+
+        candles = synthetic_candles("1h", START, START + dt.timedelta(days=365), seed=7)
+        cores = os.cpu_count() or 1
+        print(f"machine parallelism now: {machine_parallelism(cores):.2f} of {cores} cores (other processes on a shared "
+              "box slow every number below alike; the ratio is the robust one)")
+        code = screen_main(args.grid, 365, args.bt_sample, args.bt_all, candles, "1h")
+        code = walk_forward(args.grid, candles, "1h", WalkForwardPlan(90, 27)) or code
+        print(f"load average after: {os.getloadavg()[0]:.2f}; machine parallelism after: {machine_parallelism(cores):.2f}")
+        return code
     cores = os.cpu_count() or 1
     candles = synthetic_candles(args.timeframe, START, START + dt.timedelta(days=args.days), seed=7)
     candidates = len(expand_grid(GRID))

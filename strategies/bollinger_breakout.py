@@ -5,6 +5,7 @@ from __future__ import annotations
 import backtrader as bt
 
 from atlas_pipeline.research.strategy_base import FLAT, LONG, SHORT, AtlasStrategy
+from atlas_pipeline.research.vector import Bars, Signals, indicators
 
 
 class BollingerBreakout(AtlasStrategy):
@@ -21,9 +22,23 @@ class BollingerBreakout(AtlasStrategy):
 
     def __init__(self) -> None:
         super().__init__()
-        if self.p.period < 2 or self.p.devfactor <= 0:
-            raise ValueError(f"need period >= 2 and devfactor > 0, got {self.p.period}, {self.p.devfactor}")
+        self.check_params(self.p)
         self.bands = bt.ind.BollingerBands(self.data.close, period=self.p.period, devfactor=self.p.devfactor)
+
+    @staticmethod
+    def check_params(p) -> None:
+        if p.period < 2 or p.devfactor <= 0:
+            raise ValueError(f"need period >= 2 and devfactor > 0, got {p.period}, {p.devfactor}")
+
+    @classmethod
+    def vector_signals(cls, bars: Bars, p) -> Signals:
+        """The vectorized twin of ``next`` (``research/vector``)."""
+        cls.check_params(p)
+        mid, top, bot = bars.cached(("bollinger", p.period, p.devfactor),
+                                    lambda: indicators.bollinger(bars.close, p.period, p.devfactor))
+        close = bars.close
+        return Signals(first=p.period - 1, long_entry=close > top, short_entry=close < bot,
+                       long_exit=close < mid, short_exit=close > mid)
 
     def next(self) -> None:
         close, held, bands = self.data.close[0], self.position.size, self.bands

@@ -5,6 +5,7 @@ from __future__ import annotations
 import backtrader as bt
 
 from atlas_pipeline.research.strategy_base import FLAT, LONG, SHORT, AtlasStrategy
+from atlas_pipeline.research.vector import Bars, Signals, indicators
 
 
 class DonchianTrend(AtlasStrategy):
@@ -25,8 +26,7 @@ class DonchianTrend(AtlasStrategy):
 
     def __init__(self) -> None:
         super().__init__()
-        if self.p.entry_period < 1 or self.p.exit_period < 1:
-            raise ValueError(f"periods must be >= 1, got {self.p.entry_period}, {self.p.exit_period}")
+        self.check_params(self.p)
         high, low = self.data.high(-1), self.data.low(-1)
         # subplot=False: the channels are prices, drawn over the candles in the report
         entry, exit_ = self.p.entry_period, self.p.exit_period
@@ -34,6 +34,22 @@ class DonchianTrend(AtlasStrategy):
         self.entry_low = bt.ind.Lowest(low, period=entry, subplot=False, plotname="entry low")
         self.exit_high = bt.ind.Highest(high, period=exit_, subplot=False, plotname="exit high")
         self.exit_low = bt.ind.Lowest(low, period=exit_, subplot=False, plotname="exit low")
+
+    @staticmethod
+    def check_params(p) -> None:
+        if p.entry_period < 1 or p.exit_period < 1:
+            raise ValueError(f"periods must be >= 1, got {p.entry_period}, {p.exit_period}")
+
+    @classmethod
+    def vector_signals(cls, bars: Bars, p) -> Signals:
+        """The vectorized twin of ``next`` (``research/vector``)."""
+        cls.check_params(p)
+        high = lambda period: bars.cached(("highest", period), lambda: indicators.highest_before(bars.high, period))  # noqa: E731
+        low = lambda period: bars.cached(("lowest", period), lambda: indicators.lowest_before(bars.low, period))  # noqa: E731
+        close = bars.close
+        return Signals(first=max(p.entry_period, p.exit_period),
+                       long_entry=close > high(p.entry_period), short_entry=close < low(p.entry_period),
+                       long_exit=close < low(p.exit_period), short_exit=close > high(p.exit_period))
 
     def next(self) -> None:
         close, held = self.data.close[0], self.position.size

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import backtrader as bt
+import numpy as np
 
 from atlas_pipeline.research.strategy_base import FLAT, LONG, SHORT, AtlasStrategy
+from atlas_pipeline.research.vector import Bars, Signals, indicators
 
 
 class RsiMeanReversion(AtlasStrategy):
@@ -27,13 +29,25 @@ class RsiMeanReversion(AtlasStrategy):
 
     def __init__(self) -> None:
         super().__init__()
-        p = self.p
+        self.check_params(self.p)
+        self.rsi = bt.ind.RSI(self.data.close, period=self.p.period, safediv=True)
+
+    @staticmethod
+    def check_params(p) -> None:
         if p.period < 2 or not 0 <= p.oversold < p.exit_level < p.overbought <= 100:
             raise ValueError(
                 f"need period >= 2 and 0 <= oversold < exit_level < overbought <= 100, got "
                 f"period={p.period} oversold={p.oversold} exit_level={p.exit_level} overbought={p.overbought}"
             )
-        self.rsi = bt.ind.RSI(self.data.close, period=p.period, safediv=True)
+
+    @classmethod
+    def vector_signals(cls, bars: Bars, p) -> Signals:
+        """The vectorized twin of ``next`` (``research/vector``)."""
+        cls.check_params(p)
+        rsi = bars.cached(("rsi", p.period), lambda: indicators.rsi_safe(bars.close, p.period))
+        with np.errstate(invalid="ignore"):
+            return Signals(first=p.period, long_entry=rsi < p.oversold, short_entry=rsi > p.overbought,
+                           long_exit=rsi > p.exit_level, short_exit=rsi < p.exit_level)
 
     def next(self) -> None:
         rsi, held = self.rsi[0], self.position.size

@@ -25,7 +25,8 @@ from atlas_pipeline.config.paths import config_dir
 from atlas_pipeline.research.engine.exits import EXIT_KEYS, EXIT_PREFIX, Exits
 from atlas_pipeline.market_data.candles import timeframe_ms
 from atlas_pipeline.market_data.funding import FUNDING_INTERVALS
-from atlas_pipeline.research.sweep import OBJECTIVE_METRICS, Objective, SweepFilters, expand_grid
+from atlas_pipeline.research.stats.overfitting import OverfittingLimits
+from atlas_pipeline.research.sweep import CONFIRM_TOP, OBJECTIVE_METRICS, Objective, SweepFilters, expand_grid
 from atlas_pipeline.research.walkforward import WalkForwardPlan
 
 BACKTESTS_FILE = "backtests.yaml"
@@ -142,6 +143,18 @@ class FilterSettings(BaseModel):
     max_drawdown: float | None = Field(default=None, gt=0, le=1)
 
 
+class OverfittingSettings(BaseModel):
+    """Limits of the ``overfitting`` check (research/stats): a result whose PBO is above
+    ``max_pbo`` or whose deflated Sharpe is below ``min_dsr`` is flagged (WARN); with ``block``
+    the check fails blocking and the leaderboard leaves the result out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_pbo: float = Field(default=0.5, ge=0, le=1)
+    min_dsr: float = Field(default=0.95, ge=0, le=1)
+    block: bool = False
+
+
 class WalkForwardSettings(BaseModel):
     """Windows in whole UTC days: optimize on train, test the winner on the following test days."""
 
@@ -211,6 +224,9 @@ class BacktestSettings(BaseModel):
     """Maintenance margin rate (Binance's first tier for BTCUSDT: 0.4 %)."""
     liquidation_fee: float = Field(default=0.0125, ge=0, lt=0.1)
     """Fee rate of a liquidation, at most the margin left (Binance: 1.25 %)."""
+    confirm_top: int = Field(default=CONFIRM_TOP, ge=0)
+    """Screened candidates (best first) rerun through backtrader besides the chosen one (research/sweep.py)."""
+    overfitting: OverfittingSettings = Field(default_factory=OverfittingSettings)
 
     @field_validator("name")
     @classmethod
@@ -282,7 +298,7 @@ class BacktestSettings(BaseModel):
     @model_validator(mode="after")
     def _sweep_settings(self) -> BacktestSettings:
         if self.grid is None:
-            for key in ("walk_forward", "objective", "filters"):
+            for key in ("walk_forward", "objective", "filters", "confirm_top", "overfitting"):
                 if key in self.model_fields_set:
                     raise ValueError(f"{key} needs a grid of params to sweep")
             return self
@@ -322,6 +338,10 @@ class BacktestSettings(BaseModel):
             return None
         wf = self.walk_forward
         return WalkForwardPlan(wf.train_days, wf.test_days, wf.step_days, wf.anchored)
+
+    def overfitting_limits(self) -> OverfittingLimits:
+        o = self.overfitting
+        return OverfittingLimits(o.max_pbo, o.min_dsr, o.block)
 
     def taker_fee(self) -> float:
         """Commission per fill: every order Atlas sends is a market order, which pays taker."""

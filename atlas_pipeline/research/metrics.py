@@ -93,13 +93,26 @@ def compute_metrics(equity: pd.DataFrame, trades: pd.DataFrame, close: pd.Series
     mean = float(daily.mean()) if len(daily) >= 2 else math.nan
     std = float(daily.std(ddof=1)) if len(daily) >= 2 else math.nan
     downside = float(np.sqrt(np.mean(np.minimum(daily.to_numpy(), 0.0) ** 2))) if len(daily) >= 2 else math.nan
-    annual = math.sqrt(PERIODS_PER_YEAR)
     drawdown, duration = max_drawdown(values)
     cagr = _cagr(first, last, values.index[-1] - values.index[0])
     closes = close.astype(float)
+    return assemble_metrics(
+        values.index[0].isoformat(), values.index[-1].isoformat(), first, last, cagr, mean, std, downside, drawdown,
+        duration, float(equity["in_market"].astype(bool).mean()), trade_metrics(trades),
+        float(closes.iloc[-1] / closes.iloc[0] - 1.0) if len(closes) else math.nan,
+    )
+
+
+def assemble_metrics(
+    start: str, end: str, first: float, last: float, cagr: float, mean: float, std: float, downside: float,
+    drawdown: float, duration: float, exposure: float, trades: dict[str, float], buy_and_hold: float,
+) -> dict[str, float | str]:
+    """The metrics dict (``METRIC_DESCRIPTIONS`` order) from its parts; the twins' screen
+    (``research/vector/fast_metrics.py``) computes the parts from arrays and shares this."""
+    annual = math.sqrt(PERIODS_PER_YEAR)
     return {
-        "start": values.index[0].isoformat(),
-        "end": values.index[-1].isoformat(),
+        "start": start,
+        "end": end,
         "final_equity": last,
         "total_return": last / first - 1.0,
         "cagr": cagr,
@@ -109,9 +122,9 @@ def compute_metrics(equity: pd.DataFrame, trades: pd.DataFrame, close: pd.Series
         "calmar": ratio(cagr, drawdown),
         "max_drawdown": drawdown,
         "max_drawdown_duration_days": duration,
-        "exposure": float(equity["in_market"].astype(bool).mean()),
-        **trade_metrics(trades),
-        "buy_and_hold_return": float(closes.iloc[-1] / closes.iloc[0] - 1.0) if len(closes) else math.nan,
+        "exposure": exposure,
+        **trades,
+        "buy_and_hold_return": buy_and_hold,
     }
 
 
@@ -147,6 +160,11 @@ def trade_metrics(trades: pd.DataFrame) -> dict[str, float]:
     """Statistics of closed trades' net pnl and net returns; NaN when there are none."""
     pnl = trades["net_pnl"].astype(float).to_numpy() if len(trades) else np.array([])
     returns = trades["return_pct"].astype(float).to_numpy() if len(trades) else np.array([])
+    return trade_stats(pnl, returns)
+
+
+def trade_stats(pnl: np.ndarray, returns: np.ndarray) -> dict[str, float]:
+    """``trade_metrics`` of net pnl and net return arrays (one entry per closed trade)."""
     if not len(pnl):
         nan = math.nan
         return {"trade_count": 0.0, "win_rate": nan, "profit_factor": nan, "expectancy": nan,

@@ -14,6 +14,11 @@ window: bounds, winner, in- and out-of-sample metrics), ``oos_equity.parquet`` (
 out-of-sample equity), ``sweeps.parquet`` (every window's candidates), ``summary.json`` and
 ``charts/walkforward.png``.
 
+The trials registry lives in ``<root>/trials/<exchange>/<timeframe>/<SYMBOL-KEY>/``: one
+``<backtest>-<time>-<id>.parquet`` per sweep or walk-forward run, a row per candidate it evaluated
+(``research/trials.py`` has the columns), so the trials on a dataset are known across runs.
+A backtest's or walk-forward's ``overfitting.json`` holds its DSR, PBO and bootstrap bands.
+
 Every file is written to a temp name beside it and renamed, so readers (the metrics step, the
 leaderboard, a notebook) never see half a result. The root is the candle store's root, so one
 ``ATLAS_HOME`` (folder or fsspec URL) holds everything.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +173,34 @@ class ResultStore:
         path = f"{self.walkforward_folder(name, symbol)}/summary.json"
         return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
 
+    def trials_folder(self, exchange: str, symbol: str, timeframe: str) -> str:
+        return f"{self.root}/trials/{exchange}/{timeframe}/{symbol_key(symbol)}"
+
+    def record_trials(self, exchange: str, symbol: str, timeframe: str, backtest: str, table: pd.DataFrame) -> str:
+        """Add one run's trials (a new file: runs never rewrite each other's records)."""
+        stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S")
+        path = f"{self.trials_folder(exchange, symbol, timeframe)}/{backtest}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        self._write(path, _parquet(table))
+        return path
+
+    def trials(self, exchange: str, symbol: str, timeframe: str) -> pd.DataFrame:
+        """Every recorded trial on this market and timeframe (empty frame when none)."""
+        folder = self.trials_folder(exchange, symbol, timeframe)
+        paths = sorted(self.fs.glob(f"{folder}/*.parquet")) if self.fs.exists(folder) else []
+        frames = [self._read(p) for p in paths]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def save_overfitting(self, folder: str, stats: Mapping[str, Any]) -> str:
+        path = f"{folder}/overfitting.json"
+        self._write(path, json.dumps(dict(stats), indent=2, default=_json_value).encode())
+        return path
+
+    def load_overfitting(self, folder: str) -> dict[str, Any] | None:
+        path = f"{folder}/overfitting.json"
+        if not self.fs.exists(path):
+            return None
+        return {k: _float(v) for k, v in json.loads(self.fs.cat_file(path)).items()}
+
     def save_leaderboard(self, table: pd.DataFrame) -> str:
         path = f"{self.root}/backtests/leaderboard.csv"
         self._write(path, table.to_csv(index=False).encode())
@@ -187,6 +221,16 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer)
     return buffer.getvalue()
+
+
+def _float(value: Any) -> Any:
+    """A number saved by ``_json_value`` as a string ("nan", "inf") back as a float."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _json_value(value: Any) -> Any:

@@ -20,6 +20,15 @@ Rules:
 - **Choice.** The best objective among the passed candidates (max, or min for
   ``LOWER_IS_BETTER`` metrics unless ``Objective.maximize`` says otherwise; +-inf rank as
   numbers); ties go to the earlier candidate. Nothing passed -> no choice, no exception.
+- **Screen, then confirm.** A strategy with a vectorized twin (``research/vector``) has every
+  candidate evaluated by the twin (``BacktestPool.screen``, in the workers); then the ``confirm_top``
+  best passed candidates (default 5) and the chosen one are rerun through backtrader, and their
+  rows hold backtrader's metrics (``evaluated_by``). A confirmed candidate whose twin differs from
+  backtrader beyond 1e-9 relative (equity or trades) fails the sweep with ``TwinMismatch``
+  naming the strategy, params and first differing bar: a drifted twin is a bug. Candidates the
+  twin cannot run (a strategy without a twin, a refused param, protective exits) go to
+  backtrader, as before.
+  ``confirm_top=None`` runs every candidate through backtrader.
 - **Processes.** ``BacktestPool`` sends candles/spec/timeframe once per worker (pool
   initializer into a module global) and per job only the params and range; workers return
   metrics (small) unless results are asked for. Workers start with the ``forkserver`` method:
@@ -62,7 +71,10 @@ from atlas_pipeline.research.engine import BacktestSpec, StrategyError, run_back
 from atlas_pipeline.research.engine.exits import with_params
 from atlas_pipeline.research.lookahead import LookaheadReport, check_lookahead
 from atlas_pipeline.research.metrics import METRIC_DESCRIPTIONS, compute_metrics
+from atlas_pipeline.research.metrics import daily_returns
 from atlas_pipeline.research.results import BacktestResult
+from atlas_pipeline.research.vector import screen as vector_screen
+from atlas_pipeline.research.vector.screen import BarsCache, daily_of
 
 __all__ = [
     "LOWER_IS_BETTER",
@@ -73,6 +85,7 @@ __all__ = [
     "Objective",
     "SingleBacktest",
     "StrategyCrashed",
+    "TwinMismatch",
     "SweepFilters",
     "SweepResult",
     "expand_grid",
@@ -83,9 +96,12 @@ __all__ = [
 OBJECTIVE_METRICS: tuple[str, ...] = tuple(k for k in METRIC_DESCRIPTIONS if k not in ("start", "end"))
 """Metrics a sweep can rank by: every numeric one."""
 LOWER_IS_BETTER = {"max_drawdown", "max_drawdown_duration_days", "annual_volatility"}
-PRELOAD = ["atlas_pipeline.research.engine", "atlas_pipeline.research.metrics", "atlas_pipeline.research.lookahead"]
+PRELOAD = ["atlas_pipeline.research.engine", "atlas_pipeline.research.metrics", "atlas_pipeline.research.lookahead",
+           "atlas_pipeline.research.vector.preload"]
 """Imported once in the fork server, so each worker starts with backtrader and pandas loaded."""
 PROGRESS_LINES = 10
+CONFIRM_TOP = 5
+"""Best screened candidates a sweep reruns through backtrader (config ``sweep.confirm_top``)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,17 @@ class JobOutcome:
     error: str | None
     result: BacktestResult | None = None
     """Only when the pool was asked to keep results (they are large to send between processes)."""
+    daily: tuple[int, np.ndarray] | None = None
+    """Daily returns (``vector.screen.daily_of``: first UTC day number, returns), for the trials
+    registry and overfitting statistics."""
+    evaluated_by: str = "backtrader"
+    """``backtrader`` or ``twin`` (screened only)."""
+    mismatch: str | None = None
+    """For a confirmation: where the twin departed from backtrader (None: they agree)."""
+
+
+class TwinMismatch(RuntimeError):
+    """A strategy's twin disagreed with backtrader on a confirmed candidate (a bug in the twin)."""
 
 
 @dataclass
@@ -175,6 +202,18 @@ class _Context:
     spec: BacktestSpec
     timeframe: str
     strategies_dir: Path
+    _bars: BarsCache | None = None
+
+    @property
+    def bars(self) -> BarsCache:
+        if self._bars is None:
+            self._bars = BarsCache(self.candles)
+        return self._bars
+
+    def rows(self, job: BacktestJob) -> tuple[int, int]:
+        lo = 0 if job.start_ms is None else int(np.searchsorted(self.stamps, job.start_ms, side="left"))
+        hi = len(self.stamps) if job.end_ms is None else int(np.searchsorted(self.stamps, job.end_ms, side="left"))
+        return lo, hi
 
 
 _WORKER: _Context | None = None
@@ -191,9 +230,8 @@ def _init_worker(candles: pd.DataFrame, spec: BacktestSpec, timeframe: str, stra
     _WORKER = _context(candles, spec, timeframe, strategies_dir)
 
 
-def _run_job(context: _Context, job: BacktestJob, keep: bool) -> JobOutcome:
-    lo = 0 if job.start_ms is None else int(np.searchsorted(context.stamps, job.start_ms, side="left"))
-    hi = len(context.stamps) if job.end_ms is None else int(np.searchsorted(context.stamps, job.end_ms, side="left"))
+def _run_job(context: _Context, job: BacktestJob, keep: bool, confirm: bool = False) -> JobOutcome:
+    lo, hi = context.rows(job)
     spec = with_params(context.spec, job.params)
     try:
         result = run_backtest(context.candles.iloc[lo:hi], spec, context.timeframe, context.strategies_dir,
@@ -201,12 +239,30 @@ def _run_job(context: _Context, job: BacktestJob, keep: bool) -> JobOutcome:
         metrics = compute_metrics(result.equity, result.trades, result.close)
     except (StrategyError, ValueError) as exc:
         return JobOutcome(metrics=None, error=str(exc))
-    return JobOutcome(metrics=metrics, error=None, result=result if keep else None)
+    equity = result.equity["equity"]
+    daily = daily_of(int(equity.index[0].value // 1_000_000), daily_returns(equity).to_numpy(float))
+    mismatch = None
+    if confirm:
+        mismatch = vector_screen.confirm(context.bars, context.spec, context.strategies_dir, job.params, lo, hi,
+                                         job.trade_from_ms, result)
+    return JobOutcome(metrics=metrics, error=None, result=result if keep else None, daily=daily, mismatch=mismatch)
 
 
-def _worker_job(job: BacktestJob, keep: bool) -> JobOutcome:
+def _worker_job(job: BacktestJob, keep: bool, confirm: bool = False) -> JobOutcome:
     assert _WORKER is not None, "BacktestPool worker used without its initializer"
-    return _run_job(_WORKER, job, keep)
+    return _run_job(_WORKER, job, keep, confirm)
+
+
+def _screen_jobs(context: _Context, jobs: Sequence[BacktestJob]) -> list[JobOutcome | None]:
+    rows = [(job.params, *context.rows(job), job.trade_from_ms) for job in jobs]
+    screened = vector_screen.screen(context.bars, context.spec, context.strategies_dir, rows)
+    return [None if s is None else JobOutcome(metrics=s[0], error=None, daily=s[1], evaluated_by="twin")
+            for s in screened]
+
+
+def _worker_screen(jobs: Sequence[BacktestJob]) -> list[JobOutcome | None]:
+    assert _WORKER is not None, "BacktestPool worker used without its initializer"
+    return _screen_jobs(_WORKER, jobs)
 
 
 def _single(context: _Context, params: dict[str, Any], lookahead: bool) -> SingleBacktest:
@@ -296,8 +352,10 @@ class BacktestPool:
         jobs: Sequence[BacktestJob],
         keep_results: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        confirm: bool = False,
     ) -> list[JobOutcome]:
         """Every job's outcome, in job order; ``progress(done, total)`` after each job finishes.
+        With ``confirm`` each outcome also says where the strategy's twin departs from it.
 
         Unless the pool isolates, a single job runs in-process too: no worker could start it sooner.
         Raises ``StrategyCrashed`` when a worker dies."""
@@ -312,17 +370,45 @@ class BacktestPool:
         if not self.isolate and (self.workers == 1 or total <= 1):
             serial = []
             for done, job in enumerate(jobs, 1):
-                serial.append(_run_job(self._context, job, keep_results))
-                progress(done, total)
+                serial.append(_run_job(self._context, job, keep_results, confirm))
+                if progress:
+                    progress(done, total)
             return serial
         # one future per job: a backtest costs far more than its IPC, and per-job futures balance
         # uneven jobs (short and long windows) across workers better than chunks
-        futures = {self._pool().submit(_worker_job, job, keep_results): i for i, job in enumerate(jobs)}
-        outcomes: list[JobOutcome] = [None] * total  # type: ignore[list-item] - every slot is filled below
+        futures = {self._pool().submit(_worker_job, job, keep_results, confirm): i for i, job in enumerate(jobs)}
+        return self._collect(futures, total, progress, chunked=False)
+
+    def screen(
+        self, jobs: Sequence[BacktestJob], progress: Callable[[int, int], None] | None = None
+    ) -> list[JobOutcome | None]:
+        """Every job through the strategy's twin, in job order (None where it has none or the twin
+        cannot run the job). In chunks: a twin run costs less than sending it to a worker."""
+        total = len(jobs)
+        if not self.isolate and self.workers == 1:
+            outcomes = _screen_jobs(self._context, jobs)
+            if progress and total:
+                progress(total, total)
+            return outcomes
+        size = max(1, math.ceil(total / (self.workers * 4)))
+        futures = {self._pool().submit(_worker_screen, jobs[lo : lo + size]): lo for lo in range(0, total, size)}
+        return self._collect(futures, total, progress, chunked=True)
+
+    def _collect(self, futures: dict[Future, int], total: int, progress: Callable[[int, int], None] | None,
+                 chunked: bool) -> list[Any]:
+        """Outcomes in job order from futures keyed by their first job's index; a future's result
+        is one outcome, or a list of them when ``chunked``."""
+        outcomes: list[Any] = [None] * total
+        done = 0
         try:
-            for done, future in enumerate(as_completed(futures), 1):
-                outcomes[futures[future]] = future.result()  # re-raises a worker's unexpected error
-                progress(done, total)
+            for future in as_completed(futures):
+                got = future.result()  # re-raises a worker's unexpected error
+                chunk = got if chunked else [got]
+                start = futures[future]
+                outcomes[start : start + len(chunk)] = chunk
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
         except BrokenProcessPool:
             raise self._crashed() from None
         except BaseException:
@@ -369,10 +455,13 @@ class SweepResult:
 
     table: pd.DataFrame
     """``candidate``, ``param_<name>`` per grid param, every metric (NaN when errored),
-    ``objective``, ``passed``, ``rejected`` ("" when passed), ``chosen``."""
+    ``objective``, ``passed``, ``rejected`` ("" when passed), ``chosen``, ``evaluated_by``
+    (``backtrader`` or ``twin``)."""
     chosen: dict[str, Any] | None
     objective: Objective
     filters: SweepFilters
+    dailies: list[tuple[int, np.ndarray] | None] | None = None
+    """Each candidate's daily returns (``JobOutcome.daily``), for the overfitting statistics."""
 
     @property
     def chosen_row(self) -> pd.Series | None:
@@ -423,11 +512,12 @@ def sweep_result(
         row.update({k: metrics.get(k, None if k in ("start", "end") else math.nan) for k in METRIC_DESCRIPTIONS})
         row["objective"] = float(metrics.get(objective.metric, math.nan))
         row["rejected"] = _rejections(outcome, objective, filters)
+        row["evaluated_by"] = outcome.evaluated_by
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
         table = pd.DataFrame(columns=["candidate", *(f"param_{n}" for n in names), *METRIC_DESCRIPTIONS,
-                                      "objective", "rejected"])
+                                      "objective", "rejected", "evaluated_by"])
     table["passed"] = table["rejected"] == ""
     table["chosen"] = False
     chosen: dict[str, Any] | None = None
@@ -438,8 +528,10 @@ def sweep_result(
         pick = int(passed[np.flatnonzero(values == best)[0]])  # first in grid order wins ties
         table.loc[pick, "chosen"] = True
         chosen = dict(grid[pick])
-    order = ["candidate", *(f"param_{n}" for n in names), *METRIC_DESCRIPTIONS, "objective", "passed", "rejected", "chosen"]
-    return SweepResult(table=table.loc[:, order], chosen=chosen, objective=objective, filters=filters)
+    order = ["candidate", *(f"param_{n}" for n in names), *METRIC_DESCRIPTIONS, "objective", "passed", "rejected", "chosen",
+             "evaluated_by"]
+    return SweepResult(table=table.loc[:, order], chosen=chosen, objective=objective, filters=filters,
+                       dailies=[o.daily for o in outcomes])
 
 
 def progress_every(total: int, emit: Callable[[int, int], None]) -> Callable[[int, int], None]:
@@ -461,6 +553,74 @@ def describe_choice(result: SweepResult) -> str:
     return f"chosen {result.chosen} {result.objective.metric}={row['objective']:.4g}"
 
 
+def _to_confirm(result: SweepResult, outcomes: Sequence[JobOutcome], top: int) -> list[int]:
+    """Screened candidates among the ``top`` best passed ones and the chosen one."""
+    table = result.table
+    passed = table[table["passed"]]
+    ranked = passed.sort_values("objective", ascending=not result.objective.higher_is_better, kind="stable")
+    wanted = list(ranked["candidate"].head(top)) + list(table.loc[table["chosen"], "candidate"])
+    return sorted({int(i) for i in wanted if outcomes[int(i)].evaluated_by == "twin"})
+
+
+def evaluate_candidates(
+    pool: BacktestPool,
+    sections: Sequence[tuple[Sequence[Mapping[str, Any]], Sequence[BacktestJob]]],
+    objective: Objective,
+    filters: SweepFilters,
+    confirm_top: int | None = CONFIRM_TOP,
+    progress: Callable[[str], None] | None = None,
+    label: str = "sweep",
+) -> list[list[JobOutcome]]:
+    """Outcomes of several sweeps' jobs (``sections``: (grid, jobs) each, e.g. walk-forward
+    windows), screened by the twin and confirmed through backtrader (module doc); all sections'
+    jobs go to the pool together so both cores stay busy. Raises ``TwinMismatch``."""
+    say = progress or (lambda _message: None)
+    jobs = [job for _, section in sections for job in section]
+    offsets = np.cumsum([0, *(len(section) for _, section in sections)])
+    began = time.perf_counter()
+    if confirm_top is None:
+        outcomes: list[JobOutcome | None] = [None] * len(jobs)
+    else:
+        outcomes = pool.screen(jobs, progress=progress_every(len(jobs), lambda d, t: say(f"{label} screen {d}/{t} candidates (twin)")))
+    missing = [i for i, o in enumerate(outcomes) if o is None]
+    if missing:
+        if len(missing) < len(jobs):
+            say(f"{label}: {len(missing)} of {len(jobs)} candidates have no twin run; backtrader runs them")
+        tick = progress_every(len(missing), lambda d, t: say(f"{label} {d}/{t} candidates (backtrader)"))
+        for i, outcome in zip(missing, pool.run([jobs[i] for i in missing], progress=tick)):
+            outcomes[i] = outcome
+    screened = len(jobs) - len(missing)
+    confirmed = 0
+    while screened:
+        todo: list[int] = []
+        for k, (grid, _) in enumerate(sections):
+            part = outcomes[offsets[k] : offsets[k + 1]]
+            if part and not all(o.error is not None for o in part):
+                result = sweep_result(grid, part, objective, filters)
+                todo += [int(offsets[k]) + i for i in _to_confirm(result, part, confirm_top or 0)]
+        if not todo:
+            break
+        for i, outcome in zip(todo, pool.run([jobs[i] for i in todo], confirm=True)):
+            if outcome.mismatch is not None or outcome.error is not None:
+                job = jobs[i]
+                where = f"candles [{_iso(job.start_ms)}, {_iso(job.end_ms)})"
+                raise TwinMismatch(
+                    f"the vectorized twin of strategy {pool.spec.strategy!r} disagrees with backtrader beyond 1e-9 "
+                    f"relative for params {dict(job.params)} on {where}: "
+                    f"{outcome.mismatch or 'backtrader refused it: ' + str(outcome.error)}"
+                )
+            outcomes[i] = outcome
+        confirmed += len(todo)
+    if screened:
+        say(f"{label}: {screened} candidates screened by the twin, {confirmed} confirmed by backtrader "
+            f"in {time.perf_counter() - began:.1f} s")
+    return [list(outcomes[offsets[k] : offsets[k + 1]]) for k in range(len(sections))]  # type: ignore[arg-type]
+
+
+def _iso(ms: int | None) -> str:
+    return "..." if ms is None else pd.Timestamp(int(ms), unit="ms", tz="UTC").isoformat()
+
+
 def run_sweep(
     pool: BacktestPool,
     grid: list[dict[str, Any]],
@@ -469,11 +629,12 @@ def run_sweep(
     start_ms: int | None = None,
     end_ms: int | None = None,
     progress: Callable[[str], None] | None = None,
+    confirm_top: int | None = CONFIRM_TOP,
 ) -> SweepResult:
-    """Backtest every candidate of ``grid`` on ``[start_ms, end_ms)`` and choose the best."""
+    """Evaluate every candidate of ``grid`` on ``[start_ms, end_ms)`` (screen and confirm, module
+    doc) and choose the best."""
     jobs = [BacktestJob(dict(params), start_ms, end_ms) for params in grid]
-    tick = progress_every(len(jobs), lambda d, t: progress(f"sweep {d}/{t} candidates")) if progress else None
-    outcomes = pool.run(jobs, progress=tick)
+    (outcomes,) = evaluate_candidates(pool, [(grid, jobs)], objective, filters, confirm_top, progress)
     result = sweep_result(grid, outcomes, objective, filters)
     if progress:
         progress(f"sweep done: {len(grid)} candidates, {result.passed_count} passed, {describe_choice(result)}")

@@ -8,8 +8,10 @@ Rules:
   are kept. All ranges are half-open on candle open time. ``step_days >= test_days`` so test
   windows never overlap (the stitched out-of-sample curve needs each bar once).
 - **Winner** of a window: ``sweep.sweep_result`` over the train window (same filters and
-  objective rules as a sweep). All windows' train jobs go to the pool in one ``run`` call, then
-  all test jobs in another, so both cores stay busy across window boundaries.
+  objective rules as a sweep). All windows' train jobs are screened by the strategy's twin in
+  one call and each window's ``confirm_top`` best and its winner confirmed through backtrader
+  (``sweep.evaluate_candidates``), then all test jobs go to backtrader in another call, so both
+  cores stay busy across window boundaries. Test segments always run through backtrader.
 - **Test segment**: the winner rerun on the candles of ``[train_start, test_end)`` with
   ``trade_from_ms = test_start`` (``engine.run_backtest``'s trade-from rule, freqtrade's startup
   candles): its indicators warm up on the train window it was optimized on, no order is sent
@@ -46,12 +48,14 @@ from atlas_pipeline.market_data.candles import DAY_MS, ms_to_iso, timeframe_ms
 from atlas_pipeline.research.metrics import compute_metrics
 from atlas_pipeline.research.results import TRADE_COLUMNS, BacktestResult
 from atlas_pipeline.research.sweep import (
+    CONFIRM_TOP,
     BacktestJob,
     BacktestPool,
     Objective,
     SweepFilters,
     SweepResult,
     describe_choice,
+    evaluate_candidates,
     progress_every,
     sweep_result,
 )
@@ -173,6 +177,7 @@ def run_walk_forward(
     filters: SweepFilters,
     plan: WalkForwardPlan,
     progress: Callable[[str], None] | None = None,
+    confirm_top: int | None = CONFIRM_TOP,
 ) -> WalkForwardResult:
     """Optimize on each train window, trade the winner on its test window, stitch (module doc)."""
     say = progress or (lambda _message: None)
@@ -183,13 +188,11 @@ def run_walk_forward(
     windows = plan_windows(int(stamps[0]), int(stamps[-1]) + timeframe_ms(pool.timeframe), plan)
     names = tuple(dict.fromkeys([objective.metric, *WINDOW_METRICS]))
 
-    train_jobs = [BacktestJob(dict(p), *w.train_ms) for w in windows for p in grid]
-    say(f"walk-forward: {len(windows)} windows x {len(grid)} candidates = {len(train_jobs)} train backtests")
-    tick = progress_every(len(train_jobs), lambda d, t: say(f"walk-forward train {d}/{t} backtests"))
-    outcomes = pool.run(train_jobs, progress=tick)
+    sections = [(grid, [BacktestJob(dict(p), *w.train_ms) for p in grid]) for w in windows]
+    say(f"walk-forward: {len(windows)} windows x {len(grid)} candidates = {len(windows) * len(grid)} train backtests")
+    evaluated = evaluate_candidates(pool, sections, objective, filters, confirm_top, say, label="walk-forward train")
     sweeps = []
-    for w in windows:
-        chunk = outcomes[w.index * len(grid) : (w.index + 1) * len(grid)]
+    for w, chunk in zip(windows, evaluated):
         try:
             sweeps.append(sweep_result(grid, chunk, objective, filters))
         except ValueError as error:

@@ -28,6 +28,7 @@ from atlas_pipeline.research.engine import StrategyError
 from atlas_pipeline.research.engine.perps import MissingFundingError
 from atlas_pipeline.research.metrics import metrics_table_markdown
 from atlas_pipeline.research.result_store import ResultStore
+from atlas_pipeline.research.stats.overfitting import over_limits
 from atlas_pipeline.research.sweep import SweepResult
 from atlas_pipeline.research_runs import (
     BacktestRun,
@@ -44,6 +45,7 @@ RESEARCH_GROUP = "research"
 LEADERBOARD_KEY = dg.AssetKey("leaderboard")
 LOOKAHEAD_CHECK = "lookahead_bias"
 FUNDING_CHECK = "funding_history"
+OVERFITTING_CHECK = "overfitting"
 
 
 def backtest_asset_key(name: str) -> dg.AssetKey:
@@ -174,6 +176,7 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
         key=metrics_asset_key(settings.name),
         partitions_def=partitions,
         deps=[backtest_asset_key(settings.name)],
+        check_specs=_overfitting_specs(settings, metrics_asset_key(settings.name)),
         group_name=RESEARCH_GROUP,
         kinds={"pandas"},
         description=f"Performance metrics and charts of backtest/{settings.name}, per market.",
@@ -188,8 +191,10 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
             if isinstance(value, (int, float))
         }
         return dg.MaterializeResult(
+            check_results=_overfitting_results(settings, run.overfitting),
             metadata={
                 **numbers,
+                **_overfitting_metadata(run.overfitting),
                 "metrics_table": dg.MetadataValue.md(metrics_table_markdown(run.metrics)),
                 "equity_drawdown_chart": dg.MetadataValue.md(png_markdown(run.charts["equity_drawdown"], "equity and drawdown")),
                 "trades_chart": dg.MetadataValue.md(png_markdown(run.charts["trades"], "trades on price")),
@@ -260,6 +265,43 @@ def _lookahead_check_result(run: BacktestRun) -> dg.AssetCheckResult:
     )
 
 
+def _overfitting_specs(settings: BacktestSettings, key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    """The ``overfitting`` check of a swept backtest's metrics or its walk-forward (none without a grid)."""
+    if settings.grid is None:
+        return []
+    limits = settings.overfitting
+    return [dg.AssetCheckSpec(
+        OVERFITTING_CHECK,
+        asset=key,
+        blocking=limits.block,
+        description=(
+            f"Probability of backtest overfitting <= {limits.max_pbo:g} and deflated Sharpe >= {limits.min_dsr:g} "
+            f"({'blocking: the leaderboard leaves a failing result out' if limits.block else 'WARN'}; "
+            "docs/walkforward.md explains both)."
+        ),
+    )]
+
+
+def _overfitting_results(settings: BacktestSettings, stats: dict[str, float] | None) -> list[dg.AssetCheckResult]:
+    if settings.grid is None:
+        return []
+    limits = settings.overfitting_limits()
+    reasons = over_limits(stats or {}, limits)
+    return [dg.AssetCheckResult(
+        check_name=OVERFITTING_CHECK,
+        passed=not reasons,
+        severity=dg.AssetCheckSeverity.ERROR if limits.block else dg.AssetCheckSeverity.WARN,
+        description="; ".join(reasons) if reasons else "within the limits (NaN statistics are not judged)",
+        metadata={key: dg.MetadataValue.float(float(stats[key])) for key in ("dsr", "pbo", "trials") if stats and key in stats},
+    )]
+
+
+def _overfitting_metadata(stats: dict[str, float] | None) -> dict[str, object]:
+    if not stats:
+        return {}
+    return {key: dg.MetadataValue.float(float(value)) for key, value in stats.items() if isinstance(value, (int, float))}
+
+
 def build_walkforward_asset(settings: BacktestSettings, source: ExchangeSettings) -> dg.AssetsDefinition:
     """``walkforward/<name>``: the grid optimized on each train window, its winner tested on the next."""
     with warnings.catch_warnings():
@@ -278,6 +320,7 @@ def _walkforward_asset(settings: BacktestSettings, source: ExchangeSettings) -> 
         deps=_market_deps(settings),
         group_name=RESEARCH_GROUP,
         kinds={"backtrader", "parquet"},
+        check_specs=_overfitting_specs(settings, walkforward_asset_key(settings.name)),
         description=(
             f"Walk-forward of {settings.strategy} over {settings.grid} by {settings.objective.metric}: "
             f"{'anchored' if plan.anchored else 'rolling'} {plan.train_days}-day train, {plan.test_days}-day test "
@@ -293,8 +336,10 @@ def _walkforward_asset(settings: BacktestSettings, source: ExchangeSettings) -> 
             if isinstance(value, (int, float)) and not isinstance(value, bool)
         }
         return dg.MaterializeResult(
+            check_results=_overfitting_results(settings, run.overfitting),
             metadata={
                 **numbers,
+                **_overfitting_metadata(run.overfitting),
                 "latest_params": str(summary.get("latest_params")),
                 "windows_table": dg.MetadataValue.md(table_markdown(run.result.windows)),
                 "walkforward_chart": dg.MetadataValue.md(png_markdown(run.chart, "walk-forward out-of-sample equity")),
