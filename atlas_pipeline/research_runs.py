@@ -30,7 +30,6 @@ from atlas_pipeline.research.engine import BacktestSpec
 from atlas_pipeline.research.engine.exits import split_params, with_params
 from atlas_pipeline.research.engine.perps import PerpSpec, check_funding, perp_metrics
 from atlas_pipeline.research.lookahead import LookaheadReport
-from atlas_pipeline.market_data.candles import timeframe_ms
 from atlas_pipeline.research.metrics import compute_metrics, daily_returns
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.results import BacktestResult
