@@ -24,7 +24,11 @@ import pytest
 import yaml
 
 from atlas_pipeline.defs.research.automation import RESEARCH_AUTOMATION_SENSOR
+from atlas_pipeline.defs.market_data.funding import funding_asset_key
+from atlas_pipeline.defs.market_data.keys import ohlcv_asset_key
+from atlas_pipeline.defs.research.assets import backtest_asset_key, metrics_asset_key
 from atlas_pipeline.market_data.candles import symbol_key
+from atlas_pipeline.market_data.store import MARK_PRICE_CANDLES
 from atlas_pipeline.market_data.emulator import EmulatorServer, FileCandleSource
 from atlas_pipeline.market_data.exchange_metadata import METADATA_FILE, read_metadata
 from atlas_pipeline.research.result_store import ResultStore
@@ -51,11 +55,18 @@ SYMBOLS = ("ETH-BTC", "ADA-BTC")
 RANGE_START, RANGE_END = "2018-01-10|ETH-BTC", "2018-01-20|ETH-BTC"
 BACKFILL_DAYS = [f"2018-01-{day:02d}" for day in range(10, 30)]
 AUTOMATION_SENSOR = RESEARCH_AUTOMATION_SENSOR
+PERP = "ETH/BTC:BTC"  # the emulator serves every spot market also as its linear perpetual swap
+PERP_KEY = "ETH-BTC_BTC"
+PERP_BACKTEST = "sma_perp_5m"
 OKX_BACKTEST = "sma_okx_5m"
 OKX_UNIVERSE = {"quote": ["BTC"], "top": 1, "include": ["ETH/BTC"]}  # the top market by volume, and ETH/BTC
 BACKTESTS = {  # sma_crossover on 5m, 2018-01-10..30: ETH/BTC and ADA/BTC on Binance, ETH/BTC on OKX
     BACKTEST: SMA_SETTINGS,
     OKX_BACKTEST: {**SMA_SETTINGS, "exchange": "okx", "symbols": ["ETH/BTC"]},
+    PERP_BACKTEST: {  # 3x on isolated margin, paying and receiving funding (docs/trading-model.md)
+        **SMA_SETTINGS, "symbols": [PERP], "market_type": "swap", "leverage": 3,
+        "period": {"start": "2018-01-11", "end": "2018-01-14"},
+    },
 }
 DAGSTER_YAML = {"telemetry": {"enabled": False}}
 TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -142,6 +153,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory):
     okx = EmulatorServer(FileCandleSource(SHARED_CANDLES), host="127.0.0.1", exchange="okx").start()
     config_dir = write_exchange_config(tmp / "config", emulator.base_url)
     exchanges = yaml.safe_load((config_dir / "exchanges.yaml").read_text())
+    exchanges["exchanges"]["binance"]["markets"].append(PERP)
     exchanges["exchanges"]["okx"] = {
         **exchanges["exchanges"]["binance"], "api_url": okx.base_url, "markets": [], "universe": OKX_UNIVERSE,
     }
@@ -329,6 +341,32 @@ def test_okx_universe_entry_from_metadata_to_backtest(ui) -> None:
     binance_trades = results.load_result(BACKTEST, "ETH/BTC").trades[columns].reset_index(drop=True)
     assert len(okx_trades) > 0
     pd.testing.assert_frame_equal(okx_trades, binance_trades)
+
+
+def test_perp_backtest_with_funding_through_graphql(ui) -> None:
+    """A perpetual swap from the UI: its trade candles (ohlcv job), mark prices and funding (perps
+    job) as range runs, then the backtest with its blocking funding check, and the lineage."""
+    candles, mark = ohlcv_asset_key("binance", "5m"), ohlcv_asset_key("binance", "5m", MARK_PRICE_CANDLES)
+    funding = funding_asset_key("binance")
+    tags = range_tags(f"2018-01-11|{PERP_KEY}", f"2018-01-13|{PERP_KEY}")
+    wait_for_run(ui.dev, launch_run(ui.dev, "ohlcv_binance", [candles.path], tags))
+    wait_for_run(ui.dev, launch_run(ui.dev, "perps_binance", [mark.path, funding.path], tags))
+    assert len(materializations(ui.dev, funding.path, f"2018-01-13|{PERP_KEY}")) == 1
+
+    backtest, metrics = backtest_asset_key(PERP_BACKTEST), metrics_asset_key(PERP_BACKTEST)
+    run_id = launch_run(ui.dev, "__ASSET_JOB", [backtest.path, metrics.path], {"dagster/partition": PERP_KEY})
+    wait_for_run(ui.dev, run_id)
+    assert run_id in {m["runId"] for m in materializations(ui.dev, metrics.path, PERP_KEY)}
+    stored = ResultStore(str(ui.tmp / "atlas_home")).load_result(PERP_BACKTEST, PERP)
+    assert stored.parameters["leverage"] == 3 and stored.funding is not None and len(stored.funding) > 0
+
+    upstream = {"/".join(d["path"]) for d in asset_node(ui.dev, backtest)["dependencyKeys"]}
+    assert {candles.to_user_string(), mark.to_user_string(), funding.to_user_string()} <= upstream
+
+
+def asset_node(dev: DagsterDev, key) -> dict:
+    nodes = {tuple(node["assetKey"]["path"]): node for node in dev.graphql(LINEAGE)["assetNodes"]}
+    return nodes[tuple(key.path)]
 
 
 def test_lineage_read_back_through_graphql(ui) -> None:
