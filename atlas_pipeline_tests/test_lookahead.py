@@ -121,7 +121,6 @@ def test_shipped_strategies_have_no_lookahead(name, eth_btc):
     assert report.cuts == 12 and report.bars_checked > 12 * 100
     assert report.differences.empty and list(report.differences.columns) == list(DIFFERENCE_COLUMNS)
     assert report.message == "no lookahead: 12 truncated reruns, 0 signals changed"
-    assert report.seconds < 10
 
 
 @pytest.mark.parametrize("name", ["sma_crossover", "bollinger_breakout"])
