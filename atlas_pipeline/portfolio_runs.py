@@ -20,6 +20,7 @@ from atlas_pipeline.research.engine.portfolio import PortfolioResult, PortfolioS
 from atlas_pipeline.research.portfolio_metrics import attribution, portfolio_metrics
 from atlas_pipeline.research.report import ReportSection, write_html_report
 from atlas_pipeline.research.result_store import ResultStore
+from atlas_pipeline.research_runs import backtest_spec
 
 Log = Callable[[str], None]
 FRAMES = ("equity", "positions", "orders", "trades", "attribution")
@@ -28,12 +29,7 @@ CHART = "equity_drawdown"
 
 def portfolio_spec(settings: PortfolioSettings) -> PortfolioSpec:
     return PortfolioSpec(
-        strategy=settings.strategy,
-        params=dict(settings.params),
-        cash=settings.cash,
-        fraction=settings.sizing.fraction,
-        commission=settings.taker_fee(),
-        slippage=settings.slippage,
+        market=backtest_spec(settings),  # strategy, params and costs are read as a backtest's
         allocation=settings.allocation,
         volatility_window=settings.volatility_window or PortfolioSpec.volatility_window,
         max_positions=settings.max_positions,

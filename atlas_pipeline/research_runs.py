@@ -19,6 +19,7 @@ import pandas as pd
 
 from atlas_pipeline.backtest_report import write_backtest_report  # noqa: F401 - where the CLI and demo find it
 from atlas_pipeline.config.backtests import BacktestSettings
+from atlas_pipeline.config.portfolios import PortfolioSettings
 from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.research import engine, walkforward
 from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
@@ -39,7 +40,8 @@ CHARTS = ("equity_drawdown", "trades")
 LEADERBOARD_METRICS = ("sharpe", "total_return", "cagr", "max_drawdown", "trade_count", "win_rate", "buy_and_hold_return")
 
 
-def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
+def backtest_spec(settings: BacktestSettings | PortfolioSettings) -> BacktestSpec:
+    """The engine's spec of a backtest (or of a portfolio's strategy and costs)."""
     return BacktestSpec(
         strategy=settings.strategy,
         params=dict(settings.params),

@@ -48,7 +48,7 @@ def test_defaults_and_both_sections_in_one_file(tmp_path: Path) -> None:
     assert basket.allocation == "equal" and basket.max_positions is None and basket.sizing.fraction == 1.0
     assert basket.rebalance.every == "1d" and basket.rebalance.threshold == 0.05
     spec = portfolio_spec(basket)
-    assert spec.commission == 0.001 and spec.rebalance_every_ms == 86_400_000
+    assert spec.market.commission == 0.001 and spec.rebalance_every_ms == 86_400_000
     # a file with portfolios only has no backtests, and one with backtests only no portfolios
     assert load_backtests_config(exchanges, write(tmp_path, {"portfolios": {"basket": GOOD}})).backtests == {}
     assert load_portfolios_config(exchanges, write(tmp_path, {"backtests": {"sma": BACKTEST}})).portfolios == {}

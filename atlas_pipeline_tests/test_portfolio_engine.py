@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from atlas_pipeline.research.engine import BacktestSpec
 from atlas_pipeline.research.engine.portfolio import PortfolioSpec, run_portfolio
 from atlas_pipeline.research.portfolio_metrics import attribution, portfolio_metrics
 from atlas_pipeline_tests.support import needs_shared_candles, shared_candles
@@ -96,20 +97,21 @@ def reference(frames: dict[str, pd.DataFrame], spec: PortfolioSpec) -> Reference
             else:
                 opens[t, m] = closes[t, m] = last if t > rows[0] else frame["open"].iloc[0]
     first = min(first_signal)
-    cash, held = spec.cash, np.zeros(N)
+    costs = spec.market
+    cash, held = costs.cash, np.zeros(N)
     pending: list[tuple[int, float]] = []
     period, refused = None, False
     out = Reference(np.zeros(T), np.zeros(T), first=first)
-    up = (1 + spec.slippage) * (1 + spec.commission) * (1 + spec.cushion)
-    down = (1 - spec.slippage) * (1 - spec.commission) * (1 - spec.cushion)
+    up = (1 + costs.slippage) * (1 + costs.commission) * (1 + costs.cushion)
+    down = (1 - costs.slippage) * (1 - costs.commission) * (1 - costs.cushion)
     for t in range(T):
         waiting = []
         for m, size in pending:
             if not has[t, m]:
                 waiting.append((m, size))
                 continue
-            price = opens[t, m] * (1 + spec.slippage if size > 0 else 1 - spec.slippage)
-            fee = spec.commission * abs(size) * price
+            price = opens[t, m] * (1 + costs.slippage if size > 0 else 1 - costs.slippage)
+            fee = costs.commission * abs(size) * price
             if size > 0 and cash - size * price - fee < 0:
                 out.refused += 1
                 refused = True
@@ -129,10 +131,10 @@ def reference(frames: dict[str, pd.DataFrame], spec: PortfolioSpec) -> Reference
             eligible = ([m for m in eligible if held[m] > 0] + [m for m in eligible if held[m] <= 0])[: spec.max_positions]
         chosen = set(eligible)
         if spec.allocation == "equal":
-            target = {m: spec.fraction / len(chosen) for m in chosen}
+            target = {m: costs.fraction / len(chosen) for m in chosen}
         else:
             total = sum(1 / vol[t, m] for m in chosen)
-            target = {m: spec.fraction * (1 / vol[t, m]) / total for m in chosen}
+            target = {m: costs.fraction * (1 / vol[t, m]) / total for m in chosen}
         p = ms[t] // spec.rebalance_every_ms
         scheduled = p != period
         period = p
@@ -166,11 +168,11 @@ def close_to(a: float, b: float) -> bool:
 
 SPECS = {
     "equal_weight_max_2": PortfolioSpec(
-        "sma_crossover", {"fast": FAST, "slow": SLOW}, fraction=0.9, slippage=0.0005, max_positions=2,
+        BacktestSpec("sma_crossover", {"fast": FAST, "slow": SLOW}, fraction=0.9, slippage=0.0005), max_positions=2,
         rebalance_every_ms=6 * 3_600_000, rebalance_threshold=0.02,
     ),
     "inverse_volatility_all_in": PortfolioSpec(
-        "sma_crossover", {"fast": FAST, "slow": SLOW}, fraction=1.0, allocation="inverse_volatility",
+        BacktestSpec("sma_crossover", {"fast": FAST, "slow": SLOW}, fraction=1.0), allocation="inverse_volatility",
         volatility_window=48, rebalance_every_ms=3_600_000, rebalance_threshold=0.01,
     ),
 }
@@ -228,11 +230,11 @@ def test_weights_are_honoured_within_one_bars_drift(case) -> None:
             else:
                 assert abs(at_decision - target) <= spec.rebalance_threshold + 1e-12
             # one bar's close-to-close move (of its own price and of the equity) and the fill costs
-            drift = at_decision * (2 * move + 2 * (spec.commission + spec.slippage)) + 1e-12
+            drift = at_decision * (2 * move + 2 * (spec.market.commission + spec.market.slippage)) + 1e-12
             assert abs(weights.iloc[row, m] - at_decision) <= drift
             checked += 1
     assert checked > 50
-    assert (result.weights.sum(axis=1) <= spec.fraction + 0.05).all()
+    assert (result.weights.sum(axis=1) <= spec.market.fraction + 0.05).all()
 
 
 def test_a_market_listed_later_trades_only_after_its_first_candles(case, candles) -> None:
@@ -259,7 +261,7 @@ def test_contributions_add_up_to_the_return_and_the_drawdown(case, candles) -> N
         fills = [f for f in ref.fills if f["m"] == m]
         flow = sum(-f["size"] * f["price"] - f["fee"] for f in fills)
         held = sum(f["size"] for f in fills)
-        expected = (flow + held * last_close[m]) / spec.cash
+        expected = (flow + held * last_close[m]) / spec.market.cash
         assert table.loc[symbol, "contribution_return"] == pytest.approx(expected, rel=1e-7, abs=1e-10)
     traded = sum(abs(f["size"]) * f["price"] for f in ref.fills)
     assert metrics["turnover"] == pytest.approx(traded / ref.equity[ref.first :].mean(), rel=1e-9)
@@ -296,7 +298,7 @@ def test_all_in_buys_fit_a_gap_up_to_the_cushion(tmp_path: Path) -> None:
     """fraction 1: both buys fill at the first open after a 0.99 % gap up; after a 1.5 % gap the
     second is refused at that open (never dropped), retried at once and filled at the next open."""
     (tmp_path / "always_long.py").write_text(ALWAYS_LONG)
-    spec = PortfolioSpec("always_long", fraction=1.0, commission=0.001, cushion=0.01)
+    spec = PortfolioSpec(BacktestSpec("always_long", fraction=1.0, commission=0.001, cushion=0.01))
     bar = lambda i: pd.Timestamp(300_000 * i, unit="ms", tz="UTC")  # noqa: E731
 
     fits = run_portfolio(gapped_candles(0.0099), spec, "5m", strategies_dir=tmp_path)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from atlas_pipeline.config.backtests import _NAME, BACKTESTS_FILE, Fees, Period, Sizing, exchange_fees
+from atlas_pipeline.config.backtests import _NAME, BACKTESTS_FILE, BacktestSettings, Fees, Period, Sizing, exchange_fees
 from atlas_pipeline.config.backtests import _check_references as check_references
 from atlas_pipeline.config.errors import ConfigError
 from atlas_pipeline.config.exchanges import ExchangesConfig
@@ -80,19 +80,9 @@ class PortfolioSettings(BaseModel):
             raise ValueError("must be lower_snake_case (it becomes the asset key portfolio/<name>)")
         return value
 
-    @field_validator("strategy")
-    @classmethod
-    def _module_name(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
-            raise ValueError("must be a module name in the strategies folder, e.g. sma_crossover")
-        return value
-
-    @field_validator("symbols")
-    @classmethod
-    def _unique(cls, values: list[str]) -> list[str]:
-        if len(set(values)) != len(values):
-            raise ValueError("lists a market twice")
-        return values
+    # the same checks as a backtest's strategy and symbols
+    _module_name = field_validator("strategy")(BacktestSettings._module_name.__func__)
+    _unique = field_validator("symbols")(BacktestSettings._unique.__func__)
 
     @model_validator(mode="after")
     def _consistent(self) -> PortfolioSettings:

@@ -11,11 +11,11 @@ slippage, the refused-order retry and the warm-up follow the single-market engin
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import backtrader as bt
@@ -42,14 +42,9 @@ ALLOCATIONS = ("equal", "inverse_volatility")
 class PortfolioSpec:
     """What a portfolio runs and how it allocates; the candles and timeframe come separately."""
 
-    strategy: str
-    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    cash: float = 10_000.0
-    fraction: float = 1.0
-    """Sum of the target weights (fraction of equity invested when anything is selected)."""
-    commission: float = 0.001
-    slippage: float = 0.0
-    cushion: float = 0.01
+    market: BacktestSpec
+    """The strategy, its params and the costs, as for one market; ``fraction`` is the sum of the
+    target weights (the fraction of equity invested when anything is selected)."""
     allocation: str = "equal"
     volatility_window: int = 288
     """Returns in the trailing volatility of ``inverse_volatility`` (288 5m bars = one day)."""
@@ -58,7 +53,6 @@ class PortfolioSpec:
     rebalance_threshold: float = 0.05
 
     def __post_init__(self) -> None:
-        BacktestSpec(self.strategy, self.params, self.cash, self.fraction, self.commission, self.slippage, self.cushion)
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation {self.allocation!r}: one of {', '.join(ALLOCATIONS)}")
         if self.volatility_window < 2:
@@ -70,7 +64,7 @@ class PortfolioSpec:
 
     def market_spec(self) -> BacktestSpec:
         """The single-market run that gives a market's signals (same strategy, params and costs)."""
-        return BacktestSpec(self.strategy, self.params, self.cash, 1.0, self.commission, self.slippage, self.cushion)
+        return dataclasses.replace(self.market, fraction=1.0)
 
 
 @dataclass
@@ -189,10 +183,10 @@ def target_weights(plan: _Plan, t: int, held: np.ndarray) -> tuple[np.ndarray, n
     target = np.zeros(len(chosen))
     if chosen.any():
         if spec.allocation == "equal":
-            target[chosen] = spec.fraction / chosen.sum()
+            target[chosen] = spec.market.fraction / chosen.sum()
         else:
             inverse = 1.0 / plan.vol[t][chosen]
-            target[chosen] = spec.fraction * inverse / inverse.sum()
+            target[chosen] = spec.market.fraction * inverse / inverse.sum()
     return target, chosen
 
 
@@ -214,8 +208,9 @@ def rebalance_orders(
                 trades[m] = delta
     sells = [(m, d) for m, d in trades.items() if d < 0]
     buys = [(m, d) for m, d in trades.items() if d > 0]
-    up = (1 + spec.slippage) * (1 + spec.commission) * (1 + spec.cushion)
-    down = (1 - spec.slippage) * (1 - spec.commission) * (1 - spec.cushion)
+    costs = spec.market
+    up = (1 + costs.slippage) * (1 + costs.commission) * (1 + costs.cushion)
+    down = (1 - costs.slippage) * (1 - costs.commission) * (1 - costs.cushion)
     available = cash + sum(-d * close[m] * down for m, d in sells)
     cost = sum(d * close[m] * up for m, d in buys)
     scale = min(1.0, available / cost) if cost > 0 else 1.0
@@ -248,10 +243,11 @@ def run_portfolio(
     strategies_dir: Path | None = None,
 ) -> PortfolioResult:
     """Backtest ``spec`` on several markets' candle frames (symbol -> frame, in config order)."""
-    cls = load_strategy(spec.strategy, strategies_dir)
+    strategy = spec.market.strategy
+    cls = load_strategy(strategy, strategies_dir)
     if not issubclass(cls, AtlasStrategy):
         raise StrategyError(
-            f"strategy {spec.strategy!r} ({strategy_file(spec.strategy, strategies_dir)}) is not an AtlasStrategy: "
+            f"strategy {strategy!r} ({strategy_file(strategy, strategies_dir)}) is not an AtlasStrategy: "
             "a portfolio needs its per-market target (self.target) as the signal"
         )
     symbols = list(candles)
@@ -260,7 +256,7 @@ def run_portfolio(
     frames = {}
     for symbol in symbols:
         try:
-            engine._check_candles(candles[symbol], spec.strategy)
+            engine._check_candles(candles[symbol], strategy)
         except ValueError as error:
             raise ValueError(f"{symbol}: {error}") from None
         frames[symbol] = candles[symbol].reset_index(drop=True)
@@ -281,16 +277,16 @@ def run_portfolio(
         feeds.append(_aligned(frame, ms, rows))
     starts = [np.searchsorted(ms, _ms(signals.index[0])) for signals in signal_series if len(signals)]
     if not starts:
-        raise TooFewCandlesError(f"no market has more candles than strategy {spec.strategy!r}'s warm-up")
+        raise TooFewCandlesError(f"no market has more candles than strategy {strategy!r}'s warm-up")
     plan = _Plan(ms=ms, has=has, long=long, vol=vol, first=int(min(starts)), spec=spec)
 
     tf, compression = bt_timeframe(timeframe)
     cerebro = bt.Cerebro(**CEREBRO_OPTIONS)
     broker = PortfolioBroker(has, {})
-    broker.set_cash(spec.cash)
+    broker.set_cash(spec.market.cash)
     broker.set_checksubmit(False)
-    broker.set_slippage_perc(spec.slippage, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
-    broker.addcommissioninfo(PercentCommission(commission=spec.commission))
+    broker.set_slippage_perc(spec.market.slippage, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
+    broker.addcommissioninfo(PercentCommission(commission=spec.market.commission))
     cerebro.broker = broker
     datas = [cerebro.adddata(FEED(dataname=feed, timeframe=tf, compression=compression), name=s) for s, feed in zip(symbols, feeds)]
     broker._column = {id(data): m for m, data in enumerate(datas)}
@@ -332,7 +328,7 @@ def _result(
     column = {id(data): m for m, data in enumerate(datas)}
     fill_bars = np.array([f.bar for f in broker.fills], dtype=np.int64)
     last = np.searchsorted(fill_bars, bars, side="right") - 1
-    cash = np.append(np.array([f.cash for f in broker.fills]), spec.cash)[last]
+    cash = np.append(np.array([f.cash for f in broker.fills]), spec.market.cash)[last]
     positions = np.zeros((len(bars), len(symbols)))
     for m in range(len(symbols)):
         own = [f for f in broker.fills if column[id(broker.sent[f.ref].data)] == m]
@@ -358,12 +354,11 @@ def _result(
         has_candle=frame(plan.has[first:]),
         warmup_bars=first,
         parameters={
-            "strategy": spec.strategy,
-            "params": dict(spec.params),
+            **{f.name: getattr(spec.market, f.name) for f in dataclasses.fields(spec.market)},
+            "params": dict(spec.market.params),
             "symbols": list(symbols),
             **{k: getattr(spec, k) for k in (
-                "cash", "fraction", "commission", "slippage", "cushion", "allocation", "volatility_window",
-                "max_positions", "rebalance_every_ms", "rebalance_threshold",
+                "allocation", "volatility_window", "max_positions", "rebalance_every_ms", "rebalance_threshold",
             )},
         },
     )
