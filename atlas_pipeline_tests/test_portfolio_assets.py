@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.events import DagsterEventType
+from dagster._core.test_utils import create_run_for_test
 import pandas as pd
 import pytest
 import yaml
@@ -23,6 +25,7 @@ from atlas_pipeline.config.portfolios import load_portfolios_config
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline_tests.support import SHARED_CANDLES, needs_shared_candles, run_range, write_exchange_config
 from atlas_pipeline_tests.test_research_assets import OHLCV, sensor_tick
+from atlas_pipeline_tests.test_research_reruns import finish, report_candles
 
 pytestmark = needs_shared_candles
 
@@ -62,8 +65,7 @@ def test_the_portfolio_materializes_and_reruns_when_one_of_its_markets_changes(s
     defs = build_definitions(config_dir, store_root=str(store_root))
     assert defs.resolve_asset_graph().get(PORTFOLIO).parent_keys == {OHLCV}  # lineage: its candles
     first = sensor_tick(defs, instance)
-    [run] = run_range(config_dir, store_root, instance, ["ADA/BTC"], D(2018, 1, 12), D(2018, 1, 13), full_refresh=True)
-    assert run.success
+    candles_changed(instance, "ADA-BTC")
     never_run = sensor_tick(defs, instance, first.cursor)
     assert never_run.run_requests == []  # never materialized: not started by itself
 
@@ -73,15 +75,26 @@ def test_the_portfolio_materializes_and_reruns_when_one_of_its_markets_changes(s
     assert quiet.run_requests == []
 
     # another market of the same candle asset: not the portfolio's
-    [run] = run_range(config_dir, store_root, instance, ["LTC/BTC"], D(2018, 1, 12), D(2018, 1, 13), full_refresh=True)
-    assert run.success
+    candles_changed(instance, "LTC-BTC")
     other = sensor_tick(defs, instance, quiet.cursor)
     assert other.run_requests == []
+
+    # one of its markets, while the candle run is still in progress: the change waits for it
+    running = create_run_for_test(instance, job_name="ohlcv_binance", status=dg.DagsterRunStatus.STARTED).run_id
+    report_candles(instance, running, market="ADA-BTC")
+    waiting = sensor_tick(defs, instance, other.cursor)
+    assert waiting.run_requests == [] and "waiting on 1 unfinished run" in waiting.skip_message
+    finish(instance, running, DagsterEventType.RUN_SUCCESS)
+    [request] = sensor_tick(defs, instance, waiting.cursor).run_requests
+    assert request.asset_selection == [PORTFOLIO]
+    assert dg.materialize([defs.resolve_assets_def(PORTFOLIO)], instance=instance).success  # as the rerun would
+    settled = sensor_tick(defs, instance, waiting.cursor)
+    assert settled.run_requests == []  # already rerun after the change
 
     # one of its markets: one run of the portfolio, in the unpartitioned research job
     [run] = run_range(config_dir, store_root, instance, ["ETH/BTC"], D(2018, 1, 11), D(2018, 1, 12), full_refresh=True)
     assert run.success
-    after = sensor_tick(defs, instance, other.cursor)
+    after = sensor_tick(defs, instance, settled.cursor)
     [request] = after.run_requests
     assert request.asset_selection == [PORTFOLIO] and request.partition_key is None
     assert request.job_name == UNPARTITIONED_RESEARCH_JOB
@@ -90,6 +103,13 @@ def test_the_portfolio_materializes_and_reruns_when_one_of_its_markets_changes(s
     # the requested run materializes it (the job exists in the definitions)
     job = defs.resolve_job_def(UNPARTITIONED_RESEARCH_JOB)
     assert job.execute_in_process(instance=instance, asset_selection=[PORTFOLIO]).success
+
+
+def candles_changed(instance: dg.DagsterInstance, market: str) -> None:
+    """A finished candle run that materialized one day of ``market`` (events as a run writes them)."""
+    run_id = create_run_for_test(instance, job_name="ohlcv_binance", status=dg.DagsterRunStatus.STARTED).run_id
+    report_candles(instance, run_id, day="2018-01-12", market=market)
+    finish(instance, run_id, DagsterEventType.RUN_SUCCESS)
 
 
 def check_stored_portfolio(instance: dg.DagsterInstance, config_dir: Path, store_root: Path, tmp_path: Path) -> None:
