@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atlas_pipeline.research.engine import BacktestSpec
+from atlas_pipeline.research.engine import BacktestSpec, StrategyError
 from atlas_pipeline.research.engine.portfolio import PortfolioSpec, run_portfolio
 from atlas_pipeline.research.portfolio_metrics import attribution, portfolio_metrics
 from atlas_pipeline_tests.support import needs_shared_candles, shared_candles
@@ -314,3 +314,34 @@ def test_all_in_buys_fit_a_gap_up_to_the_cushion(tmp_path: Path) -> None:
     for result in (fits, gapped):
         assert result.equity["cash"].min() >= 0
         assert (result.positions.iloc[-1] > 0).all()
+
+
+PLAIN = textwrap.dedent(
+    """
+    import backtrader as bt
+
+    class Plain(bt.Strategy):
+        def next(self):
+            self.buy()
+    """
+)
+FAILING = textwrap.dedent(
+    """
+    from atlas_pipeline.research.strategy_base import AtlasStrategy
+
+    class Failing(AtlasStrategy):
+        def next(self):
+            if self.data.close[0] > 1:
+                raise RuntimeError("no signal today")
+    """
+)
+
+
+def test_strategy_errors_name_the_strategy_and_the_market(tmp_path: Path) -> None:
+    (tmp_path / "plain.py").write_text(PLAIN)
+    (tmp_path / "failing.py").write_text(FAILING)
+    candles = gapped_candles(0.0)  # AAA/BTC at 2.0, BBB/BTC at 0.5
+    with pytest.raises(StrategyError, match=r"strategy 'plain': .*plain.py defines a plain backtrader strategy"):
+        run_portfolio(candles, PortfolioSpec(BacktestSpec("plain")), "5m", strategies_dir=tmp_path)
+    with pytest.raises(StrategyError, match=r"strategy 'failing': on AAA/BTC: .*no signal today"):
+        run_portfolio(candles, PortfolioSpec(BacktestSpec("failing")), "5m", strategies_dir=tmp_path)

@@ -247,8 +247,9 @@ def run_portfolio(
     cls = load_strategy(strategy, strategies_dir)
     if not issubclass(cls, AtlasStrategy):
         raise StrategyError(
-            f"strategy {strategy!r} ({strategy_file(strategy, strategies_dir)}) is not an AtlasStrategy: "
-            "a portfolio needs its per-market target (self.target) as the signal"
+            strategy,
+            f"{strategy_file(strategy, strategies_dir)} defines a plain backtrader strategy; a portfolio needs an "
+            "AtlasStrategy, whose target (self.target) on each market is that market's signal",
         )
     symbols = list(candles)
     if not symbols:
@@ -270,7 +271,10 @@ def run_portfolio(
         frame = frames[symbol]
         rows = np.searchsorted(ms, frame["timestamp"].to_numpy(np.int64))
         has[rows, m] = True
-        signals = market_signals(frame, spec, timeframe, strategies_dir)
+        try:
+            signals = market_signals(frame, spec, timeframe, strategies_dir)
+        except StrategyError as error:
+            raise StrategyError(error.strategy, f"on {symbol}: {error.detail}") from error
         signal_series.append(signals)
         long[:, m] = signals.reindex(times, fill_value=False).to_numpy(bool) & has[:, m]
         vol[:, m] = trailing_volatility(frame, spec.volatility_window).reindex(times).to_numpy()
