@@ -15,12 +15,13 @@ import pandas as pd
 from atlas_pipeline.config.portfolios import PortfolioSettings
 from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.research import engine
+from atlas_pipeline.research.engine import BacktestSpec
 from atlas_pipeline.research.charts import equity_drawdown_chart
 from atlas_pipeline.research.engine.portfolio import PortfolioResult, PortfolioSpec, run_portfolio
 from atlas_pipeline.research.portfolio_metrics import attribution, portfolio_metrics
-from atlas_pipeline.research.report import ReportSection, write_html_report
+from atlas_pipeline.research.plots import equity_figure, format_params
+from atlas_pipeline.research.report import ReportChart, ReportSection, ReportTable, write_html_report
 from atlas_pipeline.research.result_store import ResultStore
-from atlas_pipeline.research_runs import backtest_spec
 
 Log = Callable[[str], None]
 FRAMES = ("equity", "positions", "orders", "trades", "attribution")
@@ -29,7 +30,14 @@ CHART = "equity_drawdown"
 
 def portfolio_spec(settings: PortfolioSettings) -> PortfolioSpec:
     return PortfolioSpec(
-        market=backtest_spec(settings),  # strategy, params and costs are read as a backtest's
+        market=BacktestSpec(  # no exits: portfolio orders are market orders only
+            strategy=settings.strategy,
+            params=dict(settings.params),
+            cash=settings.cash,
+            fraction=settings.sizing.fraction,
+            commission=settings.taker_fee(),
+            slippage=settings.slippage,
+        ),
         allocation=settings.allocation,
         volatility_window=settings.volatility_window or PortfolioSpec.volatility_window,
         max_positions=settings.max_positions,
@@ -78,7 +86,7 @@ def run_configured_portfolio(
     folder = results.save_portfolio(
         settings.name,
         {
-            "equity": result.equity,
+            "equity": result.equity.assign(basket=result.basket()),
             "positions": result.positions,
             "orders": orders,
             "trades": result.trades,
@@ -94,16 +102,22 @@ def run_configured_portfolio(
 
 
 def write_portfolio_report(settings: PortfolioSettings, results: ResultStore, path: Path) -> Path:
-    """An HTML report of a stored portfolio: its metrics and chart, then each market's attribution."""
-    summary, frames = results.load_portfolio(settings.name, ("attribution",))
-    chart_path = f"{results.portfolio_folder(settings.name)}/charts/{CHART}.png"
-    charts = {CHART: results.fs.cat_file(chart_path)} if results.fs.exists(chart_path) else {}
-    sections = [ReportSection(heading=f"portfolio {settings.name}", metrics=summary["metrics"], charts=charts)]
-    for row in frames["attribution"].to_dict("records"):
-        symbol = row.pop("symbol")
-        sections.append(ReportSection(heading=symbol, metrics=row, charts={}, notes="Contribution to the portfolio."))
+    """An HTML report of a stored portfolio: its metrics, equity and drawdown (with the equal-weight
+    basket as buy and hold), and each market's contribution (attribution table)."""
+    summary, frames = results.load_portfolio(settings.name, ("attribution", "equity"))
     title = (
-        f"portfolio {settings.name}: {settings.strategy} {dict(settings.params)} on {settings.exchange} "
-        f"{settings.timeframe}, {settings.allocation} weights"
+        f"portfolio {settings.name}: {settings.strategy} on {settings.exchange} {settings.timeframe}, "
+        f"{settings.allocation} weights"
     )
-    return write_html_report(path, title, sections)
+    equity = frames["equity"]
+    section = ReportSection(
+        heading=f"portfolio {settings.name}",
+        metrics=summary["metrics"],
+        params=format_params(summary["parameters"].get("params", {})),
+        blocks=[
+            ReportChart("Equity and drawdown", equity_figure(equity, equity["basket"], title)),
+            ReportTable("Contribution per market", frames["attribution"]),
+        ],
+        notes=f"Markets: {', '.join(settings.symbols)}. Conventions: docs/trading-model.md (Portfolios).",
+    )
+    return write_html_report(path, title, [section])

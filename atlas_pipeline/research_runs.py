@@ -19,7 +19,6 @@ import pandas as pd
 
 from atlas_pipeline.backtest_report import write_backtest_report  # noqa: F401 - where the CLI and demo find it
 from atlas_pipeline.config.backtests import BacktestSettings
-from atlas_pipeline.config.portfolios import PortfolioSettings
 from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.research import engine, walkforward
 from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
@@ -40,8 +39,7 @@ CHARTS = ("equity_drawdown", "trades")
 LEADERBOARD_METRICS = ("sharpe", "total_return", "cagr", "max_drawdown", "trade_count", "win_rate", "buy_and_hold_return")
 
 
-def backtest_spec(settings: BacktestSettings | PortfolioSettings) -> BacktestSpec:
-    """The engine's spec of a backtest (or of a portfolio's strategy and costs)."""
+def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
     return BacktestSpec(
         strategy=settings.strategy,
         params=dict(settings.params),

@@ -132,4 +132,4 @@ def check_stored_portfolio(instance: dg.DagsterInstance, config_dir: Path, store
 
     settings = load_portfolios_config(load_exchanges_config(config_dir), config_dir).get(NAME)
     report = write_portfolio_report(settings, results, tmp_path / "report.html").read_text()
-    assert "Contribution to return" in report and "ADA/BTC" in report and "Turnover" in report
+    assert "contribution_return" in report and "ADA/BTC" in report and "Turnover" in report and "plotly-figure" in report

@@ -39,4 +39,5 @@ def test_portfolio_command(env: dict[str, str], tmp_path: Path, monkeypatch, cap
     assert "## portfolio basket" in out and "Turnover" in out
     assert "contribution_return" in out and "ADA/BTC" in out
     report = tmp_path / "home" / "reports" / "portfolio_basket.html"
-    assert f"report: {report}" in out and "Contribution to max drawdown" in report.read_text()
+    html = report.read_text()
+    assert f"report: {report}" in out and "Contribution per market" in html and "contribution_drawdown" in html

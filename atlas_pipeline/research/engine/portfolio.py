@@ -353,7 +353,7 @@ def _result(
         closes=frame(closes),
         pnl=frame(_cumulative_pnl(orders, symbols, index) + positions * closes),
         orders=orders,
-        trades=_trades(strategy, datas, symbols, ms),
+        trades=_trades(strategy, datas, symbols, ms, broker.exit_reasons),
         signals=frame(plan.long[first:]),
         has_candle=frame(plan.has[first:]),
         warmup_bars=first,
@@ -380,11 +380,13 @@ def _cumulative_pnl(orders: pd.DataFrame, symbols: Sequence[str], index: pd.Date
     return np.cumsum(flows, axis=0)
 
 
-def _trades(strategy: bt.Strategy, datas: Sequence[bt.DataBase], symbols: Sequence[str], ms: np.ndarray) -> pd.DataFrame:
+def _trades(
+    strategy: bt.Strategy, datas: Sequence[bt.DataBase], symbols: Sequence[str], ms: np.ndarray, exit_reasons: Mapping[int, str]
+) -> pd.DataFrame:
     """Closed trades of every market (the single-market engine's records), with their symbol."""
     frames = []
     for data, symbol in zip(datas, symbols):
-        one = engine._trades(SimpleNamespace(_trades={data: strategy._trades.get(data, {})}), ms)
+        one = engine._trades(SimpleNamespace(_trades={data: strategy._trades.get(data, {})}), ms, exit_reasons)
         frames.append(one.assign(symbol=symbol))
     trades = pd.concat(frames, ignore_index=True).sort_values("entry_time", kind="stable").reset_index(drop=True)
     return trades.loc[:, ["symbol", *(c for c in trades.columns if c != "symbol")]]
