@@ -15,13 +15,13 @@ import pandas as pd
 from atlas_pipeline.config.portfolios import PortfolioSettings
 from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.research import engine
-from atlas_pipeline.research.engine import BacktestSpec
 from atlas_pipeline.research.charts import equity_drawdown_chart
 from atlas_pipeline.research.engine.portfolio import PortfolioResult, PortfolioSpec, run_portfolio
 from atlas_pipeline.research.portfolio_metrics import attribution, portfolio_metrics
 from atlas_pipeline.research.plots import equity_figure, format_params
 from atlas_pipeline.research.report import ReportChart, ReportSection, ReportTable, write_html_report
 from atlas_pipeline.research.result_store import ResultStore
+from atlas_pipeline.research_runs import strategy_spec
 
 Log = Callable[[str], None]
 FRAMES = ("equity", "positions", "orders", "trades", "attribution")
@@ -30,14 +30,7 @@ CHART = "equity_drawdown"
 
 def portfolio_spec(settings: PortfolioSettings) -> PortfolioSpec:
     return PortfolioSpec(
-        market=BacktestSpec(  # no exits: portfolio orders are market orders only
-            strategy=settings.strategy,
-            params=dict(settings.params),
-            cash=settings.cash,
-            fraction=settings.sizing.fraction,
-            commission=settings.taker_fee(),
-            slippage=settings.slippage,
-        ),
+        market=strategy_spec(settings),  # no exits: portfolio orders are market orders only
         allocation=settings.allocation,
         volatility_window=settings.volatility_window or PortfolioSpec.volatility_window,
         max_positions=settings.max_positions,

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pandas as pd
 
 from atlas_pipeline.backtest_report import write_backtest_report  # noqa: F401 - where the CLI and demo find it
 from atlas_pipeline.config.backtests import BacktestSettings
+from atlas_pipeline.config.portfolios import PortfolioSettings
 from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.research import engine, walkforward
 from atlas_pipeline.research.charts import equity_drawdown_chart, trades_chart, walkforward_chart
@@ -40,6 +41,11 @@ LEADERBOARD_METRICS = ("sharpe", "total_return", "cagr", "max_drawdown", "trade_
 
 
 def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
+    return replace(strategy_spec(settings), exits=settings.exits.exits())
+
+
+def strategy_spec(settings: BacktestSettings | PortfolioSettings) -> BacktestSpec:
+    """The strategy, its params and the costs of a backtest or a portfolio (no exits)."""
     return BacktestSpec(
         strategy=settings.strategy,
         params=dict(settings.params),
@@ -47,7 +53,6 @@ def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
         fraction=settings.sizing.fraction,
         commission=settings.taker_fee(),
         slippage=settings.slippage,
-        exits=settings.exits.exits(),
     )
 
 
