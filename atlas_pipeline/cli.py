@@ -418,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", help="HTML file (default: $ATLAS_HOME/reports/<name>.html)")
     report.set_defaults(handler=cmd_report)
 
+    from atlas_pipeline.cli_portfolio import add_portfolio_command
+
+    add_portfolio_command(commands, UsageError, CommandFailed, dagster_instance)
+
     demo = commands.add_parser("demo", help="offline demo: emulator + Dagster materialization into the local store")
     demo.add_argument("--days", type=int, default=90, help="how many days back from today to materialize")
     demo.set_defaults(handler=cmd_demo)

@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pandas as pd
 
 from atlas_pipeline.backtest_report import overfitting_note, write_backtest_report  # noqa: F401 - where the CLI and demo find them
 from atlas_pipeline.config.backtests import BacktestSettings
+from atlas_pipeline.config.portfolios import PortfolioSettings
 from atlas_pipeline.market_data.candles import timeframe_ms
 from atlas_pipeline.market_data.funding import funding_interval
 from atlas_pipeline.market_data.store import FUNDING_RATES, MARK_PRICE_CANDLES, CandleStore
@@ -48,6 +49,11 @@ OVERFITTING_COLUMNS = ("dsr", "pbo", "trials")
 
 
 def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
+    return replace(strategy_spec(settings), exits=settings.exits.exits())
+
+
+def strategy_spec(settings: BacktestSettings | PortfolioSettings) -> BacktestSpec:
+    """The strategy, its params and the costs of a backtest or a portfolio (no exits)."""
     return BacktestSpec(
         strategy=settings.strategy,
         params=dict(settings.params),
@@ -55,7 +61,6 @@ def backtest_spec(settings: BacktestSettings) -> BacktestSpec:
         fraction=settings.sizing.fraction,
         commission=settings.taker_fee(),
         slippage=settings.slippage,
-        exits=settings.exits.exits(),
     )
 
 

@@ -376,7 +376,7 @@ def load_backtests_config(exchanges: ExchangesConfig, directory: Path | str | No
     if not path.is_file():
         return BacktestsConfig()
     parsed: dict[str, BacktestSettings] = {}
-    for name, settings in read_section(path, "backtests").items():
+    for name, settings in read_section(path, "backtests", siblings=("portfolios",)).items():
         key = f"backtests.{name}"
         source = exchanges.exchanges.get(settings.get("exchange"))
         if "symbols" not in settings and source is not None:
@@ -396,7 +396,7 @@ def load_backtests_config(exchanges: ExchangesConfig, directory: Path | str | No
 
 
 def _check_references(path: Path, key: str, backtest: BacktestSettings, exchanges: ExchangesConfig) -> None:
-    """A backtest can only read candles that an OHLCV asset collects."""
+    """A backtest (or portfolio: ``config/portfolios.py``) can only read candles that an OHLCV asset collects."""
     source = exchanges.exchanges.get(backtest.exchange)
     if source is None:
         raise ConfigError(path, f"{key}.exchange", backtest.exchange, f"not in exchanges.yaml (configured: {sorted(exchanges.exchanges)})")

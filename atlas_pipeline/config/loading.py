@@ -94,14 +94,19 @@ def _check_expanded_size(root: yaml.Node) -> None:
                 stack.append((child, False))
 
 
-def read_section(path: Path, section: str) -> dict[str, Any]:
-    """The mapping under ``section``, the file's only top-level key; each entry must be a mapping."""
+def read_section(path: Path, section: str, siblings: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mapping under ``section``; each entry must be a mapping. The file's other top-level keys
+    may only be ``siblings`` (read by their own loader); with one of them present, ``section`` may
+    be absent (no entries)."""
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(path, "", raw, f"expected a mapping with a '{section}' key")
-    unknown = sorted(set(raw) - {section})
+    unknown = sorted(set(raw) - {section, *siblings}, key=str)
     if unknown:
-        raise ConfigError(path, unknown[0], raw[unknown[0]], f"unknown top-level key; expected only '{section}'")
+        expected = " or ".join(f"'{key}'" for key in (section, *siblings))
+        raise ConfigError(path, unknown[0], raw[unknown[0]], f"unknown top-level key; expected only {expected}")
+    if section not in raw and set(raw) & set(siblings):
+        return {}
     entries = raw.get(section, MISSING)
     if not isinstance(entries, dict):
         raise ConfigError(path, section, entries, "needs a mapping of name -> settings")

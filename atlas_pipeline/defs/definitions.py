@@ -9,6 +9,7 @@ import dagster as dg
 from atlas_pipeline.config import load_exchanges_config
 from atlas_pipeline.config.adhoc import adhoc_backtests_file, load_adhoc_backtests
 from atlas_pipeline.config.backtests import load_backtests_config
+from atlas_pipeline.config.portfolios import load_portfolios_config
 from atlas_pipeline.config.paths import config_dir as default_config_dir
 from atlas_pipeline.defs.exchange_metadata import build_exchange_metadata_assets, build_exchange_metadata_schedule
 from atlas_pipeline.defs.market_data.assets import build_ohlcv_asset
@@ -19,6 +20,7 @@ from atlas_pipeline.defs.market_data.backfills import ohlcv_backfill_job, ohlcv_
 from atlas_pipeline.defs.market_data.schedules import ohlcv_job, ohlcv_schedules
 from atlas_pipeline.defs.research.automation import research_automation_sensor
 from atlas_pipeline.defs.research.assets import build_backtest_assets, build_leaderboard_asset, build_walkforward_asset
+from atlas_pipeline.defs.research.portfolios import build_portfolio_asset
 from atlas_pipeline.defs.run_hygiene import dead_runs_sensor
 from atlas_pipeline.defs.resources import CandleStoreResource
 from atlas_pipeline.market_data.exchange_metadata import metadata_path
@@ -36,6 +38,7 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
     resource = CandleStoreResource(root=store_root)
     adhoc = load_adhoc_backtests(adhoc_backtests_file(resource.get_store().root), exchanges, set(backtests.backtests))
     every_backtest = [*backtests.backtests.values(), *adhoc.values()]
+    portfolios = list(load_portfolios_config(exchanges, config_dir).portfolios.values())
     metadata_file = metadata_path(config_dir or default_config_dir())
     assets: list[dg.AssetsDefinition] = []
     jobs: list[dg.UnresolvedAssetJobDefinition | dg.JobDefinition] = []
@@ -57,6 +60,7 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         assets.extend(build_backtest_assets(backtest, exchanges.get(backtest.exchange)))
         if backtest.walk_forward is not None:
             assets.append(build_walkforward_asset(backtest, exchanges.get(backtest.exchange)))
+    assets.extend(build_portfolio_asset(portfolio) for portfolio in portfolios)
     assets.extend(build_exchange_metadata_assets(list(exchanges.exchanges.values()), metadata_file))
     schedules.extend(build_exchange_metadata_schedule(settings) for settings in exchanges.exchanges.values())
     if every_backtest:
@@ -67,7 +71,11 @@ def build_definitions(config_dir: Path | str | None = None, store_root: str | No
         schedules=schedules,
         sensors=[
             *sensors,
-            *([research_automation_sensor(backtests.backtests.values(), exchanges.exchanges)] if backtests.backtests else []),
+            *(
+                [research_automation_sensor(backtests.backtests.values(), exchanges.exchanges, portfolios=portfolios)]
+                if backtests.backtests or portfolios
+                else []
+            ),
         ],
         resources={"candle_store": resource},
     )

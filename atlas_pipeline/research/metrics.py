@@ -75,10 +75,17 @@ _LABELS = {
     "best_trade_return": "Best trade return",
     "worst_trade_return": "Worst trade return",
     "buy_and_hold_return": "Buy and hold return",
+    # portfolios (research/portfolio_metrics.py)
+    "turnover": "Turnover (x mean equity)",
+    "annual_turnover": "Turnover per year",
+    "contribution_return": "Contribution to return",
+    "contribution_drawdown": "Contribution to max drawdown",
+    "traded_value": "Traded value",
 }
 _PERCENT = {
     "total_return", "cagr", "annual_volatility", "max_drawdown", "exposure", "win_rate",
     "avg_trade_return", "best_trade_return", "worst_trade_return", "buy_and_hold_return",
+    "contribution_return", "contribution_drawdown",
 }
 
 
@@ -217,9 +224,9 @@ def format_metric(key: str, value: float | str) -> str:
         return f"{value:.1f} days"
     if key == "profit_factor":
         return f"{value:.2f}x"
-    if key == "trade_count":
+    if key in ("trade_count", "markets"):
         return f"{value:.0f}"
-    if key in ("final_equity", "expectancy"):
+    if key in ("final_equity", "expectancy", "traded_value", "fees"):
         return f"{value:,.2f}"
     return f"{value:.3f}" if abs(value) < 1e4 else f"{value:.4g}"
 

@@ -9,6 +9,10 @@
 - ``metrics.json`` and ``charts/<name>.png``: written by the metrics step
 - ``sweep.parquet``: every candidate of a swept backtest, its metrics and why it was rejected
 
+Portfolio results live in ``<root>/portfolios/<name>/``: ``equity``, ``positions``, ``orders``,
+``trades`` and ``attribution`` (``.parquet``), ``charts/equity_drawdown.png`` and ``summary.json``
+(metrics and parameters, written last).
+
 Walk-forward results live in ``<root>/walkforward/<name>/<SYMBOL-KEY>/``: ``windows.parquet`` (per
 window: bounds, winner, in- and out-of-sample metrics), ``oos_equity.parquet`` (the stitched
 out-of-sample equity), ``sweeps.parquet`` (every window's candidates), ``summary.json`` and
@@ -122,6 +126,11 @@ class ResultStore:
         path = f"{self.folder(name, symbol)}/coverage.json"
         return json.loads(self.fs.cat_file(path)) if self.fs.exists(path) else None
 
+    def save_portfolio_chart(self, name: str, chart: str, png: bytes) -> str:
+        path = f"{self.portfolio_folder(name)}/charts/{chart}.png"
+        self._write(path, png)
+        return path
+
     def save_chart(self, name: str, symbol: str, chart: str, png: bytes) -> str:
         path = self._chart_path(name, symbol, chart)
         self._write(path, png)
@@ -200,6 +209,24 @@ class ResultStore:
         if not self.fs.exists(path):
             return None
         return {k: _float(v) for k, v in json.loads(self.fs.cat_file(path)).items()}
+    def portfolio_folder(self, name: str) -> str:
+        return f"{self.root}/portfolios/{name}"
+
+    def save_portfolio(self, name: str, frames: Mapping[str, pd.DataFrame], summary: Mapping[str, Any]) -> str:
+        """A portfolio's frames (``<frame>.parquet``) and ``summary.json`` (metrics, parameters);
+        the summary is written last, so its presence means the rest is complete."""
+        folder = self.portfolio_folder(name)
+        for frame_name, frame in frames.items():
+            self._write(f"{folder}/{frame_name}.parquet", _parquet(frame))
+        self._write(f"{folder}/summary.json", json.dumps(dict(summary), indent=2, default=_json_value).encode())
+        return folder
+
+    def load_portfolio(self, name: str, frame_names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+        folder = self.portfolio_folder(name)
+        if not self.fs.exists(f"{folder}/summary.json"):
+            raise FileNotFoundError(f"no stored result for portfolio {name!r} (materialize portfolio/{name} first)")
+        summary = json.loads(self.fs.cat_file(f"{folder}/summary.json"))
+        return summary, {frame_name: self._read(f"{folder}/{frame_name}.parquet") for frame_name in frame_names}
 
     def save_leaderboard(self, table: pd.DataFrame) -> str:
         path = f"{self.root}/backtests/leaderboard.csv"

@@ -28,6 +28,7 @@ import dagster as dg
 
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.config.exchanges import ExchangeSettings
+from atlas_pipeline.config.portfolios import PortfolioSettings
 from atlas_pipeline.defs.research.reruns import (
     MAX_RUNS_PER_TICK,
     RerunCursor,
@@ -97,9 +98,11 @@ def research_automation_sensor(
     exchanges: Mapping[str, ExchangeSettings],
     minimum_interval_seconds: int = SENSOR_INTERVAL_SECONDS,
     max_runs_per_tick: int = MAX_RUNS_PER_TICK,
+    portfolios: Iterable[PortfolioSettings] = (),
 ) -> dg.SensorDefinition:
-    """The ``research_reruns`` sensor over these backtests; running by default so reruns need no clicks."""
-    graph = rerun_graph(backtests, exchanges)
+    """The ``research_reruns`` sensor over these backtests and portfolios; running by default so
+    reruns need no clicks."""
+    graph = rerun_graph(backtests, exchanges, portfolios)
 
     @dg.sensor(
         name=RESEARCH_AUTOMATION_SENSOR,
@@ -107,7 +110,7 @@ def research_automation_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            "Reruns backtests, walk-forwards, metrics and the leaderboard whose inputs changed (new candle, "
+            "Reruns backtests, walk-forwards, metrics, portfolios and the leaderboard whose inputs changed (new candle, "
             "backtest or metrics materializations since its cursor), once those runs finished with passing "
             "blocking checks. Partitions never materialized are left alone."
         ),

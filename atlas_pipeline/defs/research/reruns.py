@@ -17,13 +17,16 @@ the new events, never the partition count:
    and no materialization for the failing markets (what it recorded passed); a backtest whose
    ``lookahead_bias`` check fails *is* materialized, in a failed run, and must not rerun its metrics.
 3. **Decide** per child partition (``backtest``/``walkforward`` of a candle change, ``metrics`` of a
-   backtest change, the ``leaderboard`` of a metrics change):
+   backtest change, the ``leaderboard`` of a metrics change, a ``portfolio`` of a candle change of
+   one of its markets):
 
    - a partition nobody ever materialized is left alone: every market of an exchange is a
      partition, and only the markets a backtest was run on (UI, CLI, demo) are kept current;
    - it is already handled when a run that read the parent after it changed materialized it (the
      same run as the parent, or a run that started after the change), or such a run is queued or in
      progress: a backtest run by hand after its candles changed is not run again;
+   - a portfolio (unpartitioned, fed by the candles of several markets) counts only changes of its
+     own markets; like the leaderboard it runs once no run of its inputs is pending;
    - otherwise it is requested. One run per (exchange, market) takes every child of that market that
      needs it, with ``metrics/<name>`` following its ``backtest/<name>`` in the same run;
      research assets run one market per run (their code reads one market, and a failing strategy
@@ -49,6 +52,7 @@ import dagster as dg
 
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.config.exchanges import ExchangeSettings
+from atlas_pipeline.config.portfolios import PortfolioSettings
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL, market_keys
 from atlas_pipeline.defs.research.assets import (
@@ -57,6 +61,8 @@ from atlas_pipeline.defs.research.assets import (
     metrics_asset_key,
     walkforward_asset_key,
 )
+from atlas_pipeline.defs.research.portfolios import portfolio_asset_key
+from atlas_pipeline.market_data.candles import symbol_key
 
 PARTITION_TAG = "dagster/partition"
 RUNLESS = ""  # the run id of a materialization reported outside any run
@@ -103,6 +109,9 @@ class RerunGraph:
     partitions (only ever added): a market with candle events is one of them."""
     dated: frozenset[dg.AssetKey]
     """Parents partitioned date x market (the candles)."""
+    watches: Mapping[dg.AssetKey, frozenset[str]] = field(default_factory=dict)
+    """Unpartitioned child of candles (a portfolio) -> the market keys it reads: a change of
+    another market of the same candle asset does not concern it."""
 
     @property
     def parents(self) -> tuple[dg.AssetKey, ...]:
@@ -142,9 +151,13 @@ def research_jobs(graph: "RerunGraph") -> list[dg.UnresolvedAssetJobDefinition]:
     return jobs
 
 
-def rerun_graph(backtests: Iterable[BacktestSettings], exchanges: Mapping[str, ExchangeSettings]) -> RerunGraph:
+def rerun_graph(
+    backtests: Iterable[BacktestSettings],
+    exchanges: Mapping[str, ExchangeSettings],
+    portfolios: Iterable[PortfolioSettings] = (),
+) -> RerunGraph:
     """Candles -> backtest and walk-forward, backtest -> metrics, metrics -> leaderboard (as declared
-    in ``assets.py``)."""
+    in ``assets.py``); candles of its markets -> portfolio (``portfolios.py``)."""
     children: dict[dg.AssetKey, list[dg.AssetKey]] = defaultdict(list)
     followers: dict[dg.AssetKey, tuple[dg.AssetKey, ...]] = {}
     exchange_of: dict[dg.AssetKey, str] = {}
@@ -159,6 +172,13 @@ def rerun_graph(backtests: Iterable[BacktestSettings], exchanges: Mapping[str, E
         children[metrics].append(LEADERBOARD_KEY)
         followers[backtest] = (metrics,)
         exchange_of.update({key: settings.exchange for key in (*fed, metrics)})
+    watches: dict[dg.AssetKey, frozenset[str]] = {}
+    for portfolio in portfolios:
+        candles = ohlcv_asset_key(portfolio.exchange, portfolio.timeframe)
+        key = portfolio_asset_key(portfolio.name)
+        dated.add(candles)
+        children[candles].append(key)
+        watches[key] = frozenset(symbol_key(symbol) for symbol in portfolio.symbols)
     return RerunGraph(
         children={parent: tuple(keys) for parent, keys in children.items()},
         followers=followers,
@@ -168,6 +188,7 @@ def rerun_graph(backtests: Iterable[BacktestSettings], exchanges: Mapping[str, E
             for name, settings in exchanges.items()
         },
         dated=frozenset(dated),
+        watches=watches,
     )
 
 
@@ -412,6 +433,8 @@ def _fan_out(
         for child in graph.children.get(parent, ()):
             if parent not in graph.dated and same_run.materialized(change, child):
                 continue
+            if child in graph.watches and market not in graph.watches[child]:
+                continue  # a portfolio reads only its own markets' candles
             if graph.partitioned(child):
                 listed = graph.markets.get(graph.exchange_of[child], frozenset())
                 if listed is not None and market not in listed:
