@@ -27,6 +27,7 @@ from atlas_pipeline.defs.research.automation import RESEARCH_AUTOMATION_SENSOR
 from atlas_pipeline.defs.market_data.funding import funding_asset_key
 from atlas_pipeline.defs.market_data.keys import ohlcv_asset_key
 from atlas_pipeline.defs.research.assets import backtest_asset_key, metrics_asset_key
+from atlas_pipeline.defs.research.portfolios import portfolio_asset_key
 from atlas_pipeline.market_data.candles import symbol_key
 from atlas_pipeline.market_data.store import MARK_PRICE_CANDLES
 from atlas_pipeline.market_data.emulator import EmulatorServer, FileCandleSource
@@ -58,6 +59,11 @@ AUTOMATION_SENSOR = RESEARCH_AUTOMATION_SENSOR
 PERP = "ETH/BTC:BTC"  # the emulator serves every spot market also as its linear perpetual swap
 PERP_KEY = "ETH-BTC_BTC"
 PERP_BACKTEST = "sma_perp_5m"
+PORTFOLIO = "sma_basket_5m"
+PORTFOLIOS = {PORTFOLIO: {  # one account over both Binance markets, equal weights among those long
+    "strategy": "sma_crossover", "exchange": "binance", "timeframe": "5m", "symbols": ["ETH/BTC", "ADA/BTC"],
+    "period": {"start": "2018-01-10", "end": "2018-01-30"}, "cash": 1000, "sizing": {"fraction": 0.9},
+}}
 OKX_BACKTEST = "sma_okx_5m"
 OKX_UNIVERSE = {"quote": ["BTC"], "top": 1, "include": ["ETH/BTC"]}  # the top market by volume, and ETH/BTC
 BACKTESTS = {  # sma_crossover on 5m, 2018-01-10..30: ETH/BTC and ADA/BTC on Binance, ETH/BTC on OKX
@@ -158,7 +164,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory):
         **exchanges["exchanges"]["binance"], "api_url": okx.base_url, "markets": [], "universe": OKX_UNIVERSE,
     }
     (config_dir / "exchanges.yaml").write_text(yaml.safe_dump(exchanges))
-    (config_dir / "backtests.yaml").write_text(yaml.safe_dump({"backtests": BACKTESTS}))
+    (config_dir / "backtests.yaml").write_text(yaml.safe_dump({"backtests": BACKTESTS, "portfolios": PORTFOLIOS}))
     env = {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),
@@ -221,8 +227,10 @@ def tag_map(run: dict) -> dict[str, str]:
     return {tag["key"]: tag["value"] for tag in run["tags"]}
 
 
-def materializations(dev: DagsterDev, path: list[str], partition: str) -> list[dict]:
-    reply = dev.graphql(MATERIALIZATIONS, {"key": {"path": path}, "partitions": [partition]})["assetOrError"]
+def materializations(dev: DagsterDev, path: list[str], partition: str | None) -> list[dict]:
+    """The asset's materializations of ``partition`` (None: an unpartitioned asset's)."""
+    partitions = None if partition is None else [partition]
+    reply = dev.graphql(MATERIALIZATIONS, {"key": {"path": path}, "partitions": partitions})["assetOrError"]
     if reply["__typename"] != "Asset":  # never materialized yet
         return []
     return reply["assetMaterializations"]
@@ -362,6 +370,19 @@ def test_perp_backtest_with_funding_through_graphql(ui) -> None:
 
     upstream = {"/".join(d["path"]) for d in asset_node(ui.dev, backtest)["dependencyKeys"]}
     assert {candles.to_user_string(), mark.to_user_string(), funding.to_user_string()} <= upstream
+
+
+def test_portfolio_through_graphql(ui) -> None:
+    """A portfolio over both Binance markets from the UI (their candles were stored by the earlier
+    tests): one run, its results, and its lineage to the candles."""
+    key = portfolio_asset_key(PORTFOLIO)
+    run_id = launch_run(ui.dev, "__ASSET_JOB", [key.path], {})
+    wait_for_run(ui.dev, run_id)
+    assert [m["runId"] for m in materializations(ui.dev, key.path, None)] == [run_id]
+    summary, frames = ResultStore(str(ui.tmp / "atlas_home")).load_portfolio(PORTFOLIO, ("equity",))
+    assert len(frames["equity"]) > 0 and summary
+    upstream = {"/".join(d["path"]) for d in asset_node(ui.dev, key)["dependencyKeys"]}
+    assert ohlcv_asset_key("binance", "5m").to_user_string() in upstream
 
 
 def asset_node(dev: DagsterDev, key) -> dict:
