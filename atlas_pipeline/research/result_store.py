@@ -77,7 +77,7 @@ class ResultStore:
     def load_result(self, name: str, symbol: str) -> BacktestResult:
         folder = self.folder(name, symbol)
         if not self.fs.exists(f"{folder}/result.json"):
-            raise FileNotFoundError(f"no stored result for backtest {name!r} {symbol} (materialize backtest/{name} first)")
+            raise FileNotFoundError(f"no stored result for backtest {name!r} {symbol} (materialize {name}/backtest first)")
         meta = json.loads(self.fs.cat_file(f"{folder}/result.json"))
         equity = self._read(f"{folder}/equity.parquet")
         indicators = self._read(f"{folder}/indicators.parquet") if self.fs.exists(f"{folder}/indicators.parquet") else None
