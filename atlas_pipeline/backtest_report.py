@@ -78,7 +78,7 @@ def write_backtest_report(
     if not sections:
         raise FileNotFoundError(
             f"backtest {settings.name!r} has no stored metrics yet: run `atlas backtest {settings.name}` "
-            f"or materialize metrics/{settings.name}"
+            f"or materialize {settings.name}/metrics"
         )
     return write_html_report(path, report_title(settings, ran_with), sections, warnings.get("", ()))
 

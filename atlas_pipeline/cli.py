@@ -99,7 +99,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     if not symbols:
         raise UsageError(
             f"{args.exchange} selects its markets by universe rules and none are known yet: "
-            f"materialize exchange_metadata/{args.exchange} first (Dagster UI, or `atlas ui`)"
+            f"materialize {args.exchange}/exchange_metadata first (Dagster UI, or `atlas ui`)"
         )
     try:
         window = chosen_range(args)
@@ -246,7 +246,7 @@ def _backtest_settings(name: str):
 
 
 def cmd_backtest(args: argparse.Namespace) -> None:
-    """Materialize backtest/<name> and metrics/<name> (and the leaderboard) in-process, print metrics."""
+    """Materialize <name>/backtest and <name>/metrics (and the leaderboard) in-process, print metrics."""
     from atlas_pipeline.defs.definitions import build_definitions
     from atlas_pipeline.defs.research.assets import metrics_asset_key
     from atlas_pipeline.defs.research.launch import materialize_backtests
@@ -278,7 +278,7 @@ def cmd_backtest(args: argparse.Namespace) -> None:
             reasons.append(f"{run.label}: {run.failure_reason()}")
             continue
         if not run.materialized(metrics_asset_key(args.name)):  # stored metrics would be an older run's
-            reasons.append(f"{run.label}: run {run.result.run_id} ended without materializing metrics/{args.name}")
+            reasons.append(f"{run.label}: run {run.result.run_id} ended without materializing {metrics_asset_key(args.name).to_user_string()}")
             continue
         result = results.load_result(args.name, symbol)
         print(f"\n## {args.name} {symbol} ({result.bars:,} bars after {result.warmup_bars} warm-up)\n")

@@ -1,4 +1,4 @@
-"""``atlas portfolio <name>``: materialize ``portfolio/<name>`` in-process (so the run shows in the
+"""``atlas portfolio <name>``: materialize ``<name>/portfolio`` in-process (so the run shows in the
 UI), print its metrics and attribution, and write its HTML report. Kept beside ``cli.py``, which
 only registers it."""
 
@@ -60,7 +60,7 @@ def cmd_portfolio(
     result = dg.materialize(
         [build_definitions().resolve_assets_def(key)], instance=instance, tags=process_tags(), raise_on_error=False
     )
-    run = LaunchedRun(f"portfolio/{args.name}", result)
+    run = LaunchedRun(f"{args.name}/portfolio", result)
     run.raise_if_interrupted()
     if not run.success or not run.materialized(key):  # stored results would be an older run's
         raise command_failed(f"{run.label}: {run.failure_reason()}")

@@ -1,4 +1,4 @@
-"""Configured portfolios as plain functions (what the ``portfolio/<name>`` asset and notebooks call):
+"""Configured portfolios as plain functions (what the ``<name>/portfolio`` asset and notebooks call):
 read every market's stored candles, run the portfolio engine, compute its metrics and attribution,
 and save them through ``ResultStore`` (``<root>/portfolios/<name>/``)."""
 

@@ -74,7 +74,7 @@ def market_spec(settings: BacktestSettings, symbol: str, store: CandleStore, can
     first, last = int(candles["timestamp"].iloc[0]), int(candles["timestamp"].iloc[-1])
     interval = funding_interval(settings.exchange)
     funding = CandleStore(store.root, FUNDING_RATES).read(settings.exchange, symbol, interval, first, last + 1)
-    where = f" of {settings.exchange} {symbol} (funding/{settings.exchange})"
+    where = f" of {settings.exchange} {symbol} ({settings.exchange}/funding)"
     check_funding(candles["timestamp"].to_numpy(), funding, timeframe_ms(interval), where)
     mark = CandleStore(store.root, MARK_PRICE_CANDLES).read(settings.exchange, symbol, settings.timeframe, first, last + 1)
     perp = PerpSpec(

@@ -58,7 +58,7 @@ def _request(defs: dg.Definitions, instance: dg.DagsterInstance, config: dict) -
 
 def _covered(defs: dg.Definitions, tags: dict[str, str]) -> list[str]:
     """The partitions a run's range tags resolve to (Dagster: a rectangle per range)."""
-    partitions_def = defs.resolve_assets_def(dg.AssetKey(["ohlcv", "binance", "1d"])).partitions_def
+    partitions_def = defs.resolve_assets_def(dg.AssetKey(["binance", "ohlcv_1d"])).partitions_def
     key_range = dg.PartitionKeyRange(tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG])
     return [str(key) for key in partitions_def.get_partition_keys_in_range(key_range)]
 
@@ -78,7 +78,7 @@ def test_a_requested_run_materializes_exactly_its_market_and_days(defs) -> None:
         assert result.success
         materialized = sorted(
             e.materialization.partition for e in result.get_asset_materialization_events()
-            if e.asset_key == dg.AssetKey(["ohlcv", "binance", "1d"])
+            if e.asset_key == dg.AssetKey(["binance", "ohlcv_1d"])
         )
     days = [(START + dt.timedelta(days=i)).isoformat() for i in range(1, (TODAY - START).days - 1)]
     assert materialized == [f"{day}|DDD-USDT" for day in days]
@@ -163,7 +163,7 @@ def test_a_request_for_everything_through_the_daemon_gives_one_run_per_market_ov
         runs = sorted((r for r in instance.get_runs() if r.job_name == "ohlcv_binance"), key=lambda r: r.tags[ASSET_PARTITION_RANGE_START_TAG])
         assert all(run.status == dg.DagsterRunStatus.QUEUED and run.tags[REQUEST_TAG] == request_run for run in runs)
         assert len(runs) == len(MARKETS)
-        assert all(r.asset_selection == {dg.AssetKey(["ohlcv", "binance", tf]) for tf in ("1d", "1h")} for r in runs)
+        assert all(r.asset_selection == {dg.AssetKey(["binance", f"ohlcv_{tf}"]) for tf in ("1d", "1h")} for r in runs)
     defs = build_definitions(config, store_root=str(tmp_path / "store"))
     covered = [key for run in runs for key in _covered(defs, run.tags)]
     days = [(START + dt.timedelta(days=i)).isoformat() for i in range((TODAY - START).days + 1)]

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOCATION = "atlas_pipeline"
 MARKETS = ["AAA/USDT", "BBB/USDT", "CCC/USDT", "DDD/USDT"]
 KEYS = [m.replace("/", "-") for m in MARKETS]
-KEY = dg.AssetKey(["ohlcv", "binance", "1h"])
+KEY = dg.AssetKey(["binance", "ohlcv_1h"])
 TODAY = dt.datetime.now(dt.UTC).date()
 START = TODAY - dt.timedelta(days=9)  # ten days with today: more days than markets
 DAYS = [(START + dt.timedelta(days=i)).isoformat() for i in range(10)]

@@ -17,6 +17,7 @@ import os
 import re
 import time
 import urllib.request
+from collections import Counter
 from types import SimpleNamespace
 
 import pandas as pd
@@ -48,10 +49,10 @@ from atlas_pipeline_tests.test_research_assets import SMA as BACKTEST, SMA_SETTI
 
 pytestmark = needs_shared_candles
 
-OHLCV_PATH = ["ohlcv", "binance", "5m"]
-OKX_OHLCV_PATH = ["ohlcv", "okx", "5m"]
-BACKTEST_PATH = ["backtest", BACKTEST]
-METRICS_PATH = ["metrics", BACKTEST]
+OHLCV_PATH = ["binance", "ohlcv_5m"]
+OKX_OHLCV_PATH = ["okx", "ohlcv_5m"]
+BACKTEST_PATH = [BACKTEST, "backtest"]
+METRICS_PATH = [BACKTEST, "metrics"]
 SYMBOLS = ("ETH-BTC", "ADA-BTC")
 RANGE_START, RANGE_END = "2018-01-10|ETH-BTC", "2018-01-20|ETH-BTC"
 BACKFILL_DAYS = [f"2018-01-{day:02d}" for day in range(10, 30)]
@@ -321,10 +322,10 @@ def okx_top_by_quote_volume(url: str) -> str:
 
 
 def test_okx_universe_entry_from_metadata_to_backtest(ui) -> None:
-    """The UI path on the second exchange: exchange_metadata/okx resolves the universe rules, its
-    members join the market dimension of ohlcv/okx/5m, a range run stores OKX candles for a member,
+    """The UI path on the second exchange: okx/exchange_metadata resolves the universe rules, its
+    members join the market dimension of okx/ohlcv_5m, a range run stores OKX candles for a member,
     and a backtest runs on them."""
-    metadata_run = launch_run(ui.dev, "__ASSET_JOB", [["exchange_metadata", "okx"]], {})
+    metadata_run = launch_run(ui.dev, "__ASSET_JOB", [["okx", "exchange_metadata"]], {})
     wait_for_run(ui.dev, metadata_run)
     members = read_metadata(ui.config_dir / METADATA_FILE, "okx").universe
     assert sorted(members) == sorted({okx_top_by_quote_volume(ui.okx_url), "ETH/BTC"}), members
@@ -336,8 +337,8 @@ def test_okx_universe_entry_from_metadata_to_backtest(ui) -> None:
     wait_for_run(ui.dev, run_id)
     assert [m["runId"] for m in materializations(ui.dev, OKX_OHLCV_PATH, "2018-01-29|ETH-BTC")] == [run_id]
 
-    backtest = ["backtest", OKX_BACKTEST]
-    run_id = launch_run(ui.dev, "__ASSET_JOB", [backtest, ["metrics", OKX_BACKTEST]], {"dagster/partition": "ETH-BTC"})
+    backtest = [OKX_BACKTEST, "backtest"]
+    run_id = launch_run(ui.dev, "__ASSET_JOB", [backtest, [OKX_BACKTEST, "metrics"]], {"dagster/partition": "ETH-BTC"})
     wait_for_run(ui.dev, run_id)
     assert run_id in {m["runId"] for m in materializations(ui.dev, backtest, "ETH-BTC")}
     # The OKX backtest reads OKX candles: the same shared file served by both emulators, so its trades
@@ -394,11 +395,29 @@ def test_lineage_read_back_through_graphql(ui) -> None:
     nodes = {"/".join(node["assetKey"]["path"]): node for node in ui.dev.graphql(LINEAGE)["assetNodes"]}
     downstream = {key: {"/".join(d["path"]) for d in node["dependedByKeys"]} for key, node in nodes.items()}
     upstream = {key: {"/".join(d["path"]) for d in node["dependencyKeys"]} for key, node in nodes.items()}
-    assert {"backtest/sma_5m"} <= downstream["ohlcv/binance/5m"]
-    assert "ohlcv/binance/5m" in upstream["backtest/sma_5m"]
-    assert upstream["metrics/sma_5m"] == {"backtest/sma_5m"}
-    assert "leaderboard" in downstream["metrics/sma_5m"]
-    assert "metrics/sma_5m" in upstream["leaderboard"]
+    assert {"sma_5m/backtest"} <= downstream["binance/ohlcv_5m"]
+    assert "binance/ohlcv_5m" in upstream["sma_5m/backtest"]
+    assert upstream["sma_5m/metrics"] == {"sma_5m/backtest"}
+    assert "leaderboard" in downstream["sma_5m/metrics"]
+    assert "sma_5m/metrics" in upstream["leaderboard"]
+
+
+def lineage_keys(dev: DagsterDev) -> list[str]:
+    return ["/".join(node["assetKey"]["path"]) for node in dev.graphql(LINEAGE)["assetNodes"]]
+
+
+def node_kinds(keys) -> dict[str, str]:
+    """What each node of this module's instance is, told from the configuration it was built from
+    (exchanges binance and okx on 5m, the backtests in ``BACKTESTS``), not from the key's label."""
+    known = {"leaderboard": "leaderboard"}
+    for exchange in ("binance", "okx"):
+        known[f"{exchange}/ohlcv_5m"] = "candles 5m"
+        known[f"{exchange}/exchange_metadata"] = "exchange metadata"
+    for name in BACKTESTS:
+        known.update({f"{name}/backtest": "backtest", f"{name}/metrics": "metrics", f"{name}/walkforward": "walk-forward"})
+    keys = list(keys)
+    assert set(keys) <= set(known), f"unexpected asset keys: {sorted(set(keys) - set(known))}"
+    return {key: known[key] for key in keys}
 
 
 def rendered_text(dom: str) -> list[str]:
@@ -421,10 +440,22 @@ def test_chromium_renders_the_asset_graph(ui) -> None:
     assert page.returncode == 0, f"chromium exited {page.returncode}: {page.stderr[-2000:]}"
     (ui.tmp / "asset_graph.html").write_text(page.stdout)
     words = rendered_text(page.stdout)
-    # Graph nodes show the last part of each key: ohlcv/binance/5m, backtest/sma_5m and
-    # metrics/sma_5m, leaderboard, inside their group boxes.
-    for word, count in {"market_data": 1, "research": 1, "5m": 1, BACKTEST: 2, "leaderboard": 1}.items():
-        assert words.count(word) >= count, f"{word!r} not rendered {count}x at {graph_url}: {' '.join(words)[:2000]}"
+    # Graph nodes show the last part of each key, so that part names what the node is: every node of
+    # a kind (candles of a timeframe, exchange metadata, backtest, metrics, ...) has that kind's
+    # label, and no label is shared by two kinds (as `backtest/x` and `metrics/x` once both read `x`).
+    kinds = node_kinds(lineage_keys(ui.dev))
+    label_kinds: dict[str, set[str]] = {}
+    for key, kind in kinds.items():
+        label_kinds.setdefault(key.split("/")[-1], set()).add(kind)
+    assert all(len(shared) == 1 for shared in label_kinds.values()), f"nodes of different kinds share a label: {label_kinds}"
+    nodes = Counter(key.split("/")[-1] for key in kinds)
+    assert nodes == {"ohlcv_5m": 2, "exchange_metadata": 2, "backtest": 2, "metrics": 2, "leaderboard": 1}, kinds
+    # Every node's label is on the page, once per node; the old labels (`5m`, an exchange, a
+    # backtest's name) are not; and the group boxes are there.
+    rendered = {label: words.count(label) for label in nodes}
+    assert rendered == dict(nodes), f"labels rendered {rendered} at {graph_url}: {' '.join(words)[:2000]}"
+    assert not {"5m", "binance", "okx", BACKTEST, OKX_BACKTEST} & set(words), " ".join(words)[:2000]
+    assert {"market_data", "research"} <= set(words), " ".join(words)[:2000]
 
     screenshot = artifacts_dir() / "asset_graph.png"
     screenshot.unlink(missing_ok=True)
@@ -436,5 +467,6 @@ def test_chromium_renders_the_asset_graph(ui) -> None:
     catalog_url = f"{ui.dev.url}/assets"
     catalog = chromium(catalog_url, ui.tmp / "chromium-catalog", "--virtual-time-budget=15000", "--dump-dom")
     text = " ".join(rendered_text(catalog.stdout))
-    for key in ("ohlcv / binance / 5m", f"backtest / {BACKTEST}", f"metrics / {BACKTEST}", "leaderboard"):
+    for key in ("binance / ohlcv_5m", "okx / exchange_metadata", f"{BACKTEST} / backtest", f"{BACKTEST} / metrics",
+                "leaderboard"):
         assert key in text, f"{key!r} not rendered at {catalog_url}: {text[:2000]}"

@@ -25,7 +25,7 @@ from atlas_pipeline_tests.support import assert_frames_equal, write_exchange_con
 
 D = dt.date
 MARKETS = ["AAA/USDT", "BBB/USDT", "CCC/USDT"]
-KEY = dg.AssetKey(["ohlcv", "binance", "1h"])
+KEY = dg.AssetKey(["binance", "ohlcv_1h"])
 START, END = D(2024, 3, 1), D(2024, 3, 4)  # three days
 DAYS = [START + dt.timedelta(days=i) for i in range((END - START).days)]
 

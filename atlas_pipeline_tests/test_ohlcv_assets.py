@@ -24,7 +24,7 @@ from atlas_pipeline_tests.support import (
     write_exchange_config,
 )
 
-KEY = dg.AssetKey(["ohlcv", "binance", "5m"])
+KEY = dg.AssetKey(["binance", "ohlcv_5m"])
 D = dt.date
 
 pytestmark = needs_shared_candles
@@ -250,7 +250,7 @@ def test_blocking_check_failure_stops_downstream_and_writes_nothing(
     result = dg.materialize(
         [ohlcv, _downstream(ohlcv.partitions_def)],
         instance=instance,
-        run_config={"ops": {"ohlcv__binance__5m": {"config": {"full_refresh": True}}}},
+        run_config={"ops": {"binance__ohlcv_5m": {"config": {"full_refresh": True}}}},
         tags=partition_range_tags("ETH/BTC", start, end - dt.timedelta(days=1)),
         raise_on_error=False,
     )

@@ -341,7 +341,7 @@ def test_backfill_of_real_candles_lands_exactly_the_source(tmp_path: Path, files
     with dg.instance_for_test() as instance:
         [run] = run_range(config, store_root, instance, ["ETH/BTC"], start, end, exchange="okx")
         assert run.success, run.failure_reason()
-        assert len(instance.get_materialized_partitions(dg.AssetKey(["ohlcv", "okx", "5m"]))) == 24
+        assert len(instance.get_materialized_partitions(dg.AssetKey(["okx", "ohlcv_5m"]))) == 24
     store = CandleStore(str(store_root))
     assert_frames_equal(store.read("okx", "ETH/BTC", "5m", start, end), shared_candles(ETH_BTC_5M))
     coverage = store.coverage("okx", "ETH/BTC", "5m", start, end)
@@ -533,7 +533,7 @@ def test_daily_schedule_run_requests_for_okx_fetch_yesterday(tmp_path: Path, syn
                 raise_on_error=False,
             )
             assert result.success
-        materialized = instance.get_materialized_partitions(dg.AssetKey(["ohlcv", "okx", "1h"]))
+        materialized = instance.get_materialized_partitions(dg.AssetKey(["okx", "ohlcv_1h"]))
         assert sorted(materialized) == requested
     store = CandleStore(str(store_root))
     for symbol in ("BTC/USDT", "ETH/USDT"):
@@ -563,7 +563,7 @@ def test_backtest_runs_on_okx_candles_with_okx_fees(tmp_path: Path, files) -> No
         assert run.success, run.failure_reason()
         defs = build_definitions(config, store_root=str(store_root))
         graph = defs.resolve_asset_graph()
-        assert dg.AssetKey(["ohlcv", "okx", "5m"]) in graph.get(backtest_asset_key("sma_okx")).parent_keys
+        assert dg.AssetKey(["okx", "ohlcv_5m"]) in graph.get(backtest_asset_key("sma_okx")).parent_keys
         assets = [defs.resolve_assets_def(backtest_asset_key("sma_okx")), defs.resolve_assets_def(metrics_asset_key("sma_okx"))]
         result = dg.materialize(assets, instance=instance, partition_key="ETH-BTC", raise_on_error=False)
         assert result.success

@@ -60,8 +60,8 @@ def pipeline(tmp_path_factory, emulator):
     with dg.instance_for_test() as instance:
         emulator.set_faults([{"kind": "rate_limit", "endpoint": "fundingRate", "times": 1, "retry_after": 0}])
         runs = {
-            "data": materialize_range(defs, instance, ["ohlcv/binance/5m", "markprice/binance/5m", "funding/binance"], START, END),
-            "day_after": materialize_range(defs, instance, ["ohlcv/binance/5m", "markprice/binance/5m"], END, END + dt.timedelta(days=1)),
+            "data": materialize_range(defs, instance, ["binance/ohlcv_5m", "binance/markprice_5m", "binance/funding"], START, END),
+            "day_after": materialize_range(defs, instance, ["binance/ohlcv_5m", "binance/markprice_5m"], END, END + dt.timedelta(days=1)),
         }
         faults = emulator.faults
         emulator.clear_faults()
@@ -99,16 +99,16 @@ def test_swap_data_lands_in_the_store_through_ccxt(pipeline, emulator):
     assert [f["fired"] for f in faults] == [1]
 
     checks = runs["data"].get_asset_check_evaluations()
-    assert all(e.passed for e in checks) and {e.check_name for e in checks if e.asset_key == dg.AssetKey(["funding", "binance"])} == {
+    assert all(e.passed for e in checks) and {e.check_name for e in checks if e.asset_key == dg.AssetKey(["binance", "funding"])} == {
         "funding_schema", "funding_grid", "unique_funding_times", "inside_partition", "missing_funding_events"
     }
-    recorded = instance.get_materialized_partitions(dg.AssetKey(["funding", "binance"]))
+    recorded = instance.get_materialized_partitions(dg.AssetKey(["binance", "funding"]))
     assert {p.split("|")[0] for p in recorded} == {"2018-01-11", "2018-01-12", "2018-01-13"}
 
 
 def test_perp_backtest_materializes_with_funding_and_metrics(pipeline):
     defs, instance, store_root, _, _ = pipeline
-    assets = [defs.resolve_assets_def(dg.AssetKey(["backtest", "perp"])), defs.resolve_assets_def(dg.AssetKey(["metrics", "perp"]))]
+    assets = [defs.resolve_assets_def(dg.AssetKey(["perp", "backtest"])), defs.resolve_assets_def(dg.AssetKey(["perp", "metrics"]))]
     result = dg.materialize(assets, instance=instance, partition_key=KEY, raise_on_error=False)
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
@@ -130,14 +130,14 @@ def test_perp_backtest_materializes_with_funding_and_metrics(pipeline):
 
 def test_a_period_without_funding_fails_the_blocking_check_naming_the_range(pipeline):
     defs, instance, _, _, _ = pipeline
-    assets = [defs.resolve_assets_def(dg.AssetKey(["backtest", "perp_longer"])), defs.resolve_assets_def(dg.AssetKey(["metrics", "perp_longer"]))]
+    assets = [defs.resolve_assets_def(dg.AssetKey(["perp_longer", "backtest"])), defs.resolve_assets_def(dg.AssetKey(["perp_longer", "metrics"]))]
     result = dg.materialize(assets, instance=instance, partition_key=KEY, raise_on_error=False)
     assert not result.success
     (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "funding_history"]
     assert not check.passed
     assert "2018-01-14 00:00 .. 2018-01-14 16:00 (3 events)" in check.description
-    assert not instance.get_materialized_partitions(dg.AssetKey(["backtest", "perp_longer"]))
-    assert not instance.get_materialized_partitions(dg.AssetKey(["metrics", "perp_longer"]))
+    assert not instance.get_materialized_partitions(dg.AssetKey(["perp_longer", "backtest"]))
+    assert not instance.get_materialized_partitions(dg.AssetKey(["perp_longer", "metrics"]))
 
 
 def test_funding_blocking_checks_catch_bad_events():
@@ -165,7 +165,7 @@ def test_the_daily_schedule_requests_yesterday_for_every_swap(pipeline):
     schedule = defs.resolve_schedule_def("perps_binance_daily")
     context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2018, 1, 15, 0, 20, tzinfo=dt.UTC))
     requests = schedule.evaluate_tick(context).run_requests
-    assert sorted(r.asset_selection[0].to_user_string() for r in requests) == ["funding/binance", "markprice/binance/5m"]
+    assert sorted(r.asset_selection[0].to_user_string() for r in requests) == ["binance/funding", "binance/markprice_5m"]
     for request in requests:
         assert request.tags["dagster/asset_partition_range_start"] == f"2018-01-14|{KEY}"
         assert request.tags["dagster/asset_partition_range_end"] == f"2018-01-14|{KEY}"

@@ -1,4 +1,4 @@
-"""``portfolio/<name>`` in a real Dagster instance: lineage to the candles, materialization on
+"""``<name>/portfolio`` in a real Dagster instance: lineage to the candles, materialization on
 candles fetched through ccxt from the emulator, and reruns by the ``research_reruns`` sensor when
 (and only when) the candles of one of its markets change."""
 

@@ -33,7 +33,7 @@ from atlas_pipeline_tests.support import (
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENT_YAML = REPO / "deployment" / "dagster.yaml"
-KEY = dg.AssetKey(["ohlcv", "binance", "5m"])
+KEY = dg.AssetKey(["binance", "ohlcv_5m"])
 D = dt.date
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
@@ -150,7 +150,7 @@ def test_batched_events_keep_each_partitions_metadata(
 
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
     monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
-    key = dg.AssetKey(["ohlcv", "binance", "1h"])
+    key = dg.AssetKey(["binance", "ohlcv_1h"])
     start, end = D(2024, 3, 1), D(2024, 3, 11)
     days = [start + dt.timedelta(days=i) for i in range((end - start).days)]
     source = BadMarketSource(bad=None)

@@ -34,7 +34,7 @@ from atlas_pipeline_tests.support import SHARED_CANDLES, needs_shared_candles, r
 pytestmark = needs_shared_candles
 
 D = dt.date
-OHLCV = dg.AssetKey(["ohlcv", "binance", "5m"])
+OHLCV = dg.AssetKey(["binance", "ohlcv_5m"])
 SMA = "sma_5m"
 
 

@@ -99,7 +99,7 @@ def test_a_run_with_a_failed_blocking_check_feeds_no_rerun(setup, tmp_path, monk
     assert not peeking.success and len(peeking.get_asset_materialization_events()) == 1  # the backtest only
     assert dg.materialize([defs.resolve_assets_def(BACKTEST)], instance=instance, partition_key="ETH-BTC").success
     tick = sensor_tick(defs, instance, quiet.cursor)
-    # metrics/peeks is not requested: the run that changed backtest/peeks failed its blocking check
+    # peeks/metrics is not requested: the run that changed peeks/backtest failed its blocking check
     assert [(r.partition_key, r.asset_selection) for r in tick.run_requests] == [("ETH-BTC", [METRICS])]
 
 
@@ -264,6 +264,9 @@ def test_a_cursor_of_another_format_starts_afresh(setup) -> None:
     _, _, instance = setup
     cursor = RerunCursor.parse('{"some": "declarative automation cursor"}', instance)
     assert cursor.origin == instance.event_log_storage.get_maximum_record_id()
+    # A version-1 cursor names the asset keys of before the rename (backtest/<name>): not read.
+    old = RerunCursor(origin=0, backlog={"backtest/sma_5m|ETH-BTC": [1, 1.0]}).to_json().replace('"v":2', '"v":1')
+    assert RerunCursor.parse(old, instance).backlog == {}
 
 
 def test_reruns_run_in_one_job_per_exchange_entry(setup) -> None:

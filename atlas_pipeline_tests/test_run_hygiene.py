@@ -174,7 +174,7 @@ def test_the_daemon_sensor_fails_runs_of_killed_processes_so_a_queued_ui_run_lau
         dev.start(timeout=180)
         killed = kill_fetches_mid_run(env, tmp_path, server)
         server.clear_faults()
-        run_id = launch_run(dev, "ohlcv_binance", [["ohlcv", "binance", "5m"]], range_tags("2018-01-12|ETH-BTC", "2018-01-12|ETH-BTC"))
+        run_id = launch_run(dev, "ohlcv_binance", [["binance", "ohlcv_5m"]], range_tags("2018-01-12|ETH-BTC", "2018-01-12|ETH-BTC"))
         began = time.monotonic()
         wait_for_run(dev, run_id, timeout=150)  # the sensor ticks every 30 s; before the fix, QUEUED forever
         print(f"queued UI run finished {time.monotonic() - began:.1f} s after its launch")
@@ -226,7 +226,7 @@ def test_a_strategy_that_ends_its_process_fails_the_backtest_with_one_line(tmp_p
     result = subprocess.run(atlas_command("backtest", "ends"), env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     last = result.stderr.strip().splitlines()[-2]  # then where the full log is
-    assert last.startswith("atlas: failed: ends ETH/BTC: backtest/ends ETH/BTC: strategy 'ends'") and reason in last, last
+    assert last.startswith("atlas: failed: ends ETH/BTC: ends/backtest ETH/BTC: strategy 'ends'") and reason in last, last
     assert "## ends" not in result.stdout  # no result printed
     instance = dg.DagsterInstance.from_config(str(tmp_path / "atlas_home" / "dagster_home"))
     assert instance.get_run_records(filters=RunsFilter(statuses=NOT_FINISHED)) == []

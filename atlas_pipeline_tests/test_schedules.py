@@ -57,7 +57,7 @@ def test_daily_schedule_requests_one_run_per_timeframe_over_every_market(tmp_pat
     with dg.instance_for_test() as instance:
         requests = _evaluate(defs, "ohlcv_binance_daily", dt.datetime(2024, 3, 1, 0, 15, tzinfo=dt.UTC), instance)
     assert len(requests) == 2  # 30 markets x 2 timeframes: one run each, not 60
-    assert sorted(request.asset_selection[0].to_user_string() for request in requests) == ["ohlcv/binance/1d", "ohlcv/binance/1h"]
+    assert sorted(request.asset_selection[0].to_user_string() for request in requests) == ["binance/ohlcv_1d", "binance/ohlcv_1h"]
     for request in requests:
         assert request.partition_key is None
         assert sorted(_partitions(defs, request)) == sorted(f"2024-02-29|{key}" for key in KEYS)
@@ -70,7 +70,7 @@ def test_large_universes_are_split_into_consecutive_batches_that_cover_each_mark
     requests = day_run_requests(settings, KEYS, dt.date(2024, 2, 29), "daily-x", markets_per_run=12)
     assert len(requests) == 2 * 3  # batches of 12, 12 and 6 markets per timeframe
     for timeframe in ("1h", "1d"):
-        mine = [r for r in requests if r.asset_selection[0].path[-1] == timeframe]
+        mine = [r for r in requests if r.asset_selection[0].path[-1] == f"ohlcv_{timeframe}"]
         covered = [p for request in mine for p in _partitions(defs, request)]
         assert sorted(covered) == sorted(f"2024-02-29|{key}" for key in KEYS)  # each exactly once
         assert [len(_partitions(defs, r)) for r in mine] == [12, 12, 6]
@@ -91,7 +91,7 @@ def test_intraday_schedule_requests_today_and_is_off_by_default(tmp_path: Path) 
 def test_daily_job_covers_every_timeframe(tmp_path: Path) -> None:
     job = _defs(tmp_path).resolve_job_def("ohlcv_binance")
     keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
-    assert keys == {"ohlcv/binance/1h", "ohlcv/binance/1d"}
+    assert keys == {"binance/ohlcv_1h", "binance/ohlcv_1d"}
 
 
 def test_executing_a_daily_tick_lands_every_markets_day(tmp_path: Path, emulator_factory) -> None:

@@ -91,7 +91,7 @@ def test_a_thin_backtest_warns_in_the_cli_the_metadata_and_the_report(
     assert f"atlas backtest: warning: sma ETH/BTC: {warning}" in err
 
     instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
-    for key in (["metrics", "sma"], ["backtest", "sma"]):
+    for key in (["sma", "metrics"], ["sma", "backtest"]):
         event = instance.get_latest_materialization_event(dg.AssetKey(key))
         metadata = event.asset_materialization.metadata
         assert metadata["data_warning"].value == warning, key

@@ -167,7 +167,7 @@ def test_atlas_fetch_takes_the_universe_members(tmp_path: Path, source, emulator
     fetch = [sys.executable, "-m", "atlas_pipeline.cli", "fetch", "--exchange", "binance", "--start", "2018-06-01", "--end", "2018-06-04"]
 
     before = subprocess.run(fetch, env=env, capture_output=True, text=True, timeout=300)
-    assert before.returncode == 2 and "materialize exchange_metadata/binance first" in before.stderr
+    assert before.returncode == 2 and "materialize binance/exchange_metadata first" in before.stderr
 
     (home / "dagster_home").mkdir(parents=True)  # the CLI's instance (it adds its dagster.yaml later)
     with dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:

@@ -453,7 +453,7 @@ def ui(universe: Universe, work: Path, all_names: bool) -> tuple[bool, dict[str,
     from ui_graphql import Webserver
 
     n = len(universe.markets)
-    asset = ["ohlcv", EXCHANGE, "1h"]
+    asset = [EXCHANGE, "ohlcv_1h"]
     job = f"ohlcv_{EXCHANGE}"
     days = [(HISTORY_START + dt.timedelta(days=i)).isoformat() for i in range(_days_since_start())]
     row: dict[str, str] = {}
@@ -508,7 +508,7 @@ def profile_launch(universe: Universe, top: int = 8) -> None:
 
     days = [(HISTORY_START + dt.timedelta(days=i)).isoformat() for i in range(_days_since_start())]
     names = [f"{day}|{universe.market_keys[0]}" for day in days]
-    params = backfill_params(["ohlcv", EXCHANGE, "1h"], f"ohlcv_{EXCHANGE}", names, LOCATION, "__repository__")
+    params = backfill_params([EXCHANGE, "ohlcv_1h"], f"ohlcv_{EXCHANGE}", names, LOCATION, "__repository__")
     with in_process_workspace(universe) as workspace:
         request = workspace.create_request_context()
         profile = cProfile.Profile()

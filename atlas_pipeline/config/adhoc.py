@@ -3,8 +3,8 @@
 They live in a user-level file, ``$ATLAS_HOME/adhoc/backtests.yaml`` (beside the data they were
 run on, never in the checkout's ``config/``), in the format of ``config/backtests.yaml``, so an
 entry can be copied there to adopt it. The Dagster definitions load it next to the configured
-backtests, so an ad-hoc backtest is an asset like any other (``backtest/<name>``,
-``metrics/<name>``, in the leaderboard, with lineage to its candles) and shows in the UI. Its name
+backtests, so an ad-hoc backtest is an asset like any other (``<name>/backtest``,
+``<name>/metrics``, in the leaderboard, with lineage to its candles) and shows in the UI. Its name
 is derived from its arguments (``adhoc_name``): the same arguments reuse the same assets, and
 running it on another market adds that market to the entry.
 

@@ -216,7 +216,7 @@ class BacktestSettings(BaseModel):
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings)
     filters: FilterSettings = Field(default_factory=FilterSettings)
     walk_forward: WalkForwardSettings | None = None
-    """Also build ``walkforward/<name>``: the grid optimized per train window, tested out of sample."""
+    """Also build ``<name>/walkforward``: the grid optimized per train window, tested out of sample."""
     market_type: Literal["spot", "swap"] = "spot"
     """``swap``: perpetual swaps (``BTC/USDT:USDT``) on isolated margin (docs/trading-model.md)."""
     leverage: float = Field(default=1.0, ge=1, le=125)
@@ -232,7 +232,7 @@ class BacktestSettings(BaseModel):
     @classmethod
     def _asset_key_safe(cls, value: str) -> str:
         if not _NAME.match(value):
-            raise ValueError("must be lower_snake_case (it becomes the asset keys backtest/<name>, metrics/<name>)")
+            raise ValueError("must be lower_snake_case (it becomes the asset keys <name>/backtest, <name>/metrics)")
         return value
 
     @field_validator("grid")

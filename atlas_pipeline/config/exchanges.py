@@ -31,7 +31,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 class UniverseRules(BaseModel):
     """Which markets an exchange entry collects, decided by the exchange's own data instead of a
-    list: resolved by the ``exchange_metadata/<exchange>`` asset (``market_data/universe.py``)."""
+    list: resolved by the ``<exchange>/exchange_metadata`` asset (``market_data/universe.py``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -107,7 +107,7 @@ class ExchangeSettings(BaseModel):
     api_key_env: str | None = None
     api_secret_env: str | None = None
     metadata_top_n: int = Field(default=20, ge=1)
-    """How many markets the ``exchange_metadata/<exchange>`` asset ranks by 24h quote volume."""
+    """How many markets the ``<exchange>/exchange_metadata`` asset ranks by 24h quote volume."""
     history_source: Literal["archive", "rest"] | None = None
     """Where closed history comes from: ``archive`` (the exchange's public data archive, checksummed
     files; REST only for the tail it lacks) or ``rest``. Default: archive where the exchange has one

@@ -77,7 +77,7 @@ class PortfolioSettings(BaseModel):
     @classmethod
     def _asset_key_safe(cls, value: str) -> str:
         if not _NAME.match(value):
-            raise ValueError("must be lower_snake_case (it becomes the asset key portfolio/<name>)")
+            raise ValueError("must be lower_snake_case (it becomes the asset key <name>/portfolio)")
         return value
 
     # the same checks as a backtest's strategy and symbols

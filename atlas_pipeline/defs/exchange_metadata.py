@@ -1,4 +1,4 @@
-"""``exchange_metadata/<exchange>``: what each configured exchange says about itself.
+"""``<exchange>/exchange_metadata``: what each configured exchange says about itself.
 
 One unpartitioned asset per exchange (group ``market_data``): it collects timeframes, markets
 ranked by quote volume, fees, first candles and the configured markets' status through ccxt,
@@ -29,7 +29,8 @@ from atlas_pipeline.market_data.exchange_metadata import (
 
 
 def exchange_metadata_asset_key(exchange: str) -> dg.AssetKey:
-    return dg.AssetKey(["exchange_metadata", exchange])
+    """``<exchange>/exchange_metadata`` (the last part is the node's label in the UI graph)."""
+    return dg.AssetKey([exchange, "exchange_metadata"])
 
 
 def build_exchange_metadata_assets(
@@ -88,7 +89,7 @@ def build_exchange_metadata_schedule(settings: ExchangeSettings) -> dg.ScheduleD
         execution_timezone="UTC",
         target=dg.AssetSelection.assets(exchange_metadata_asset_key(settings.id)),
         default_status=dg.DefaultScheduleStatus.RUNNING if settings.universe is not None else dg.DefaultScheduleStatus.STOPPED,
-        description=f"Refreshes exchange_metadata/{settings.id}: market status, rankings, universe members.",
+        description=f"Refreshes {exchange_metadata_asset_key(settings.id).to_user_string()}: market status, rankings, universe members.",
     )
 
 

@@ -237,7 +237,7 @@ def write_metadata_yaml(path: Path | str, metadata: ExchangeMetadata) -> Path:
         exchanges = document.setdefault("exchanges", {})
         exchanges[metadata.exchange] = metadata.to_dict()
         text = (
-            "# Written by the exchange_metadata/<exchange> assets; do not edit (it is rewritten).\n"
+            "# Written by the <exchange>/exchange_metadata assets; do not edit (it is rewritten).\n"
             + yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
         )
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -106,11 +106,11 @@ class Dataset:
 
 
 CANDLES = Dataset("ohlcv", CANDLE_DTYPES)
-"""Trade candles (``ohlcv/<exchange>/<timeframe>``)."""
+"""Trade candles (asset ``<exchange>/ohlcv_<timeframe>``)."""
 MARK_PRICE_CANDLES = Dataset("markprice", CANDLE_DTYPES)
-"""Perpetual swaps' mark-price candles (``markprice/<exchange>/<timeframe>``)."""
+"""Perpetual swaps' mark-price candles (asset ``<exchange>/markprice_<timeframe>``)."""
 FUNDING_RATES = Dataset("funding", {"timestamp": "int64", "rate": "float64"})
-"""Perpetual swaps' funding events: funding time and rate (``funding/<exchange>``; the
+"""Perpetual swaps' funding events: funding time and rate (asset ``<exchange>/funding``; the
 "timeframe" of the series is the exchange's funding interval, e.g. ``8h``)."""
 _META_KEY = b"atlas"
 _VERSION = 2

@@ -1,6 +1,6 @@
 """Universe rules resolved against what an exchange says: which markets an entry collects now.
 
-Plain data in, plain data out, so the ``exchange_metadata/<exchange>`` asset, the CLI and tests
+Plain data in, plain data out, so the ``<exchange>/exchange_metadata`` asset, the CLI and tests
 share it. Markets that were members and no longer qualify stay known (their history and
 partitions are kept); they are reported with the reason and no longer fetched.
 """

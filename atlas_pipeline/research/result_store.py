@@ -87,7 +87,7 @@ class ResultStore:
     def load_result(self, name: str, symbol: str) -> BacktestResult:
         folder = self.folder(name, symbol)
         if not self.fs.exists(f"{folder}/result.json"):
-            raise FileNotFoundError(f"no stored result for backtest {name!r} {symbol} (materialize backtest/{name} first)")
+            raise FileNotFoundError(f"no stored result for backtest {name!r} {symbol} (materialize {name}/backtest first)")
         meta = json.loads(self.fs.cat_file(f"{folder}/result.json"))
         equity = self._read(f"{folder}/equity.parquet")
         indicators = self._read(f"{folder}/indicators.parquet") if self.fs.exists(f"{folder}/indicators.parquet") else None
@@ -224,7 +224,7 @@ class ResultStore:
     def load_portfolio(self, name: str, frame_names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
         folder = self.portfolio_folder(name)
         if not self.fs.exists(f"{folder}/summary.json"):
-            raise FileNotFoundError(f"no stored result for portfolio {name!r} (materialize portfolio/{name} first)")
+            raise FileNotFoundError(f"no stored result for portfolio {name!r} (materialize {name}/portfolio first)")
         summary = json.loads(self.fs.cat_file(f"{folder}/summary.json"))
         return summary, {frame_name: self._read(f"{folder}/{frame_name}.parquet") for frame_name in frame_names}
 

@@ -1,4 +1,4 @@
-"""``ohlcv/<exchange>/<timeframe>``: candles of every configured market, one partition per day.
+"""``<exchange>/ohlcv_<timeframe>``: candles of every configured market, one partition per day.
 
 A run covers a rectangle of days x markets (``BackfillPolicy.single_run()``: a backfill runs once
 per market over its date range, or once per day over its markets; the daily schedule once per
@@ -14,7 +14,7 @@ never loaded, or a rate limit or ban that outlasted the retries) stops the remai
 the failure names as not attempted.
 
 Active universe: a market that ``config/exchange_metadata.yaml`` (written by
-``exchange_metadata/<exchange>``) flags as no longer listed or inactive is skipped with a logged
+``<exchange>/exchange_metadata``) flags as no longer listed or inactive is skipped with a logged
 reason: no request, no failure, and its stored candles stay as they are. The partitions stay in
 the asset (removing them would hide the history), and the run still succeeds.
 """
@@ -83,7 +83,7 @@ def build_ohlcv_asset(
     settings: ExchangeSettings, timeframe: str, metadata_file: Path | None = None, dataset: Dataset = CANDLES
 ) -> dg.AssetsDefinition:
     """``metadata_file``: the ``exchange_metadata.yaml`` whose flagged markets runs skip (None: none).
-    ``dataset`` ``MARK_PRICE_CANDLES``: ``markprice/<exchange>/<timeframe>``, the mark-price candles
+    ``dataset`` ``MARK_PRICE_CANDLES``: ``<exchange>/markprice_<timeframe>``, the mark-price candles
     of the entry's perpetual swaps (ccxt ``fetch_ohlcv`` with ``price="mark"``), same checks."""
     key = ohlcv_asset_key(settings.id, timeframe, dataset)
     symbols = symbols_by_key(settings)
@@ -150,7 +150,7 @@ def _ohlcv_asset(
                 if symbol is None:
                     raise dg.Failure(
                         f"{settings.id}: market partition {symbol_partition!r} is not in {metadata_file} "
-                        f"(materialize exchange_metadata/{settings.id} first)",
+                        f"(materialize {settings.id}/exchange_metadata first)",
                         allow_retries=False,
                     )
                 if symbol in flagged:

@@ -1,4 +1,4 @@
-"""``funding/<exchange>``: funding rate history of an entry's perpetual swaps, one partition per
+"""``<exchange>/funding``: funding rate history of an entry's perpetual swaps, one partition per
 UTC day x swap, fetched through ccxt, checked with Pandera, kept by the store (``market_data/funding.py``).
 
 A run covers a rectangle of days x swaps (``BackfillPolicy.single_run()``, like the candles). A
@@ -33,7 +33,8 @@ CHECK_DESCRIPTIONS = {
 
 
 def funding_asset_key(exchange: str) -> dg.AssetKey:
-    return dg.AssetKey(["funding", exchange])
+    """``<exchange>/funding`` (the last part is the node's label in the UI graph)."""
+    return dg.AssetKey([exchange, "funding"])
 
 
 def build_funding_asset(settings: ExchangeSettings) -> dg.AssetsDefinition:

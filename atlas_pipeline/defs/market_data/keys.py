@@ -8,5 +8,7 @@ from atlas_pipeline.market_data.store import CANDLES, Dataset
 
 
 def ohlcv_asset_key(exchange: str, timeframe: str, dataset: Dataset = CANDLES) -> dg.AssetKey:
-    """``ohlcv/<exchange>/<timeframe>``, or ``markprice/...`` for perpetual swaps' mark prices."""
-    return dg.AssetKey([dataset.name, exchange, timeframe])
+    """``<exchange>/ohlcv_<timeframe>``, or ``<exchange>/markprice_<timeframe>`` for perpetual
+    swaps' mark prices: the UI graph labels a node with the key's last part, so it names the
+    dataset and the timeframe."""
+    return dg.AssetKey([exchange, f"{dataset.name}_{timeframe}"])

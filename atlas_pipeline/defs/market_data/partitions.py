@@ -1,7 +1,7 @@
 """Partitions of an exchange's OHLCV assets: UTC day x market.
 
 The market dimension is a static list for an entry that lists its markets, and a dynamic one for
-an entry with universe rules: the ``exchange_metadata/<exchange>`` asset adds each market the rules
+an entry with universe rules: the ``<exchange>/exchange_metadata`` asset adds each market the rules
 select (never removes one, so a market that leaves keeps its history and partitions).
 """
 
@@ -57,7 +57,7 @@ def universe_partitions_name(settings: ExchangeSettings) -> str:
 def symbols_by_key(settings: ExchangeSettings, metadata_file: Path | None = None) -> dict[str, str]:
     """Partition key -> ccxt symbol (``BTC-USDT`` -> ``BTC/USDT``): the listed markets, or every
     market the entry's universe ever selected (from ``metadata_file``; empty before the first
-    ``exchange_metadata/<exchange>`` run or without the file)."""
+    ``<exchange>/exchange_metadata`` run or without the file)."""
     if settings.universe is None:
         return {symbol_key(m): m for m in settings.markets}
     metadata = read_metadata(metadata_file, settings.id) if metadata_file is not None else None

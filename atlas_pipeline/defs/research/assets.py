@@ -1,4 +1,4 @@
-"""``backtest/<name>`` -> ``metrics/<name>`` -> ``leaderboard``, and ``walkforward/<name>``, on top
+"""``<name>/backtest`` -> ``<name>/metrics`` -> ``leaderboard``, and ``<name>/walkforward``, on top
 of the OHLCV assets.
 
 A backtest or walk-forward partition is one market; it depends on every day of that market's
@@ -48,16 +48,20 @@ FUNDING_CHECK = "funding_history"
 OVERFITTING_CHECK = "overfitting"
 
 
+# The UI graph labels a node with its key's last part, so that part says what the node is and
+# the backtest's name comes first: ``<name>/backtest``, ``<name>/metrics``, ``<name>/walkforward``.
+
+
 def backtest_asset_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["backtest", name])
+    return dg.AssetKey([name, "backtest"])
 
 
 def metrics_asset_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["metrics", name])
+    return dg.AssetKey([name, "metrics"])
 
 
 def walkforward_asset_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["walkforward", name])
+    return dg.AssetKey([name, "walkforward"])
 
 
 def _candles_dep(settings: BacktestSettings) -> dg.AssetDep:
@@ -81,7 +85,7 @@ def _market_deps(settings: BacktestSettings) -> list[dg.AssetDep]:
 
 
 def build_backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> list[dg.AssetsDefinition]:
-    """``backtest/<name>`` and ``metrics/<name>``, partitioned like the candles' market dimension.
+    """``<name>/backtest`` and ``<name>/metrics``, partitioned like the candles' market dimension.
 
     ``MultiToSingleDimensionPartitionMapping`` needs the downstream partitions to be exactly that
     dimension, so every market of the exchange entry is a partition; ``symbols`` says which ones
@@ -179,7 +183,7 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
         check_specs=_overfitting_specs(settings, metrics_asset_key(settings.name)),
         group_name=RESEARCH_GROUP,
         kinds={"pandas"},
-        description=f"Performance metrics and charts of backtest/{settings.name}, per market.",
+        description=f"Performance metrics and charts of {backtest_asset_key(settings.name).to_user_string()}, per market.",
     )
     def metrics(context: dg.AssetExecutionContext, candle_store: CandleStoreResource) -> dg.MaterializeResult:
         symbol = symbols[context.partition_key]
@@ -303,7 +307,7 @@ def _overfitting_metadata(stats: dict[str, float] | None) -> dict[str, object]:
 
 
 def build_walkforward_asset(settings: BacktestSettings, source: ExchangeSettings) -> dg.AssetsDefinition:
-    """``walkforward/<name>``: the grid optimized on each train window, its winner tested on the next."""
+    """``<name>/walkforward``: the grid optimized on each train window, its winner tested on the next."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)  # MultiToSingleDimensionPartitionMapping, as above
         return _walkforward_asset(settings, source)

@@ -1,4 +1,4 @@
-"""``portfolio/<name>``: one strategy on several markets with one account, beside the backtests.
+"""``<name>/portfolio``: one strategy on several markets with one account, beside the backtests.
 
 Unpartitioned: a portfolio reads every market's candles at once. It depends on the candle asset
 of its exchange entry and timeframe (all partitions), so the UI shows the lineage; the
@@ -20,7 +20,7 @@ from atlas_pipeline.research_runs import table_markdown
 
 
 def portfolio_asset_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["portfolio", name])
+    return dg.AssetKey([name, "portfolio"])
 
 
 def build_portfolio_asset(settings: PortfolioSettings) -> dg.AssetsDefinition:
@@ -45,7 +45,7 @@ def build_portfolio_asset(settings: PortfolioSettings) -> dg.AssetsDefinition:
         try:
             run = run_configured_portfolio(settings, store, ResultStore(store.root), log=context.log.info)
         except StrategyError as error:
-            raise dg.Failure(description=f"portfolio/{settings.name}: {error}", allow_retries=False) from error
+            raise dg.Failure(description=f"{settings.name}/portfolio: {error}", allow_retries=False) from error
         numbers = {
             key: dg.MetadataValue.float(float(value)) for key, value in run.metrics.items() if isinstance(value, float)
         }

@@ -3,8 +3,8 @@
 One tick of the ``research_reruns`` sensor (``automation.py``) is ``evaluate_tick``. Its cost follows
 the new events, never the partition count:
 
-1. **Read** the materializations of every *parent* (``ohlcv/<exchange>/<timeframe>``,
-   ``backtest/<name>``, ``metrics/<name>``) with a storage id above the cursor, in pages, and fold
+1. **Read** the materializations of every *parent* (``<exchange>/ohlcv_<timeframe>``,
+   ``<name>/backtest``, ``<name>/metrics``) with a storage id above the cursor, in pages, and fold
    each into (run, parent, market) -> newest storage id and time. A candle partition ``date|market``
    counts as its market. The cursor moves past every event read here; nothing read is dropped, it
    waits in the cursor until step 2 settles it.
@@ -28,7 +28,7 @@ the new events, never the partition count:
    - a portfolio (unpartitioned, fed by the candles of several markets) counts only changes of its
      own markets; like the leaderboard it runs once no run of its inputs is pending;
    - otherwise it is requested. One run per (exchange, market) takes every child of that market that
-     needs it, with ``metrics/<name>`` following its ``backtest/<name>`` in the same run;
+     needs it, with ``<name>/metrics`` following its ``<name>/backtest`` in the same run;
      research assets run one market per run (their code reads one market, and a failing strategy
      must fail only its market). At most ``MAX_RUNS_PER_TICK`` runs a tick, oldest changes first;
      the rest waits in the cursor and is checked again next tick. The leaderboard waits until no
@@ -87,7 +87,9 @@ UNFINISHED = [
     dg.DagsterRunStatus.SUSPENDED,
 ]
 """Queued or in progress (Dagster's ``NOT_FINISHED_STATUSES``)."""
-CURSOR_VERSION = 1
+CURSOR_VERSION = 2
+"""2: asset keys ``<exchange>/ohlcv_<tf>``, ``<name>/backtest``, ...; a cursor naming the old keys
+(``ohlcv/<exchange>/<tf>``, ``backtest/<name>``) starts afresh."""
 # MultiPartitionKey's string form orders the dimensions by name: "2024-01-01|BTC-USDT".
 _MARKET_INDEX = sorted([DATE, SYMBOL]).index(SYMBOL)
 

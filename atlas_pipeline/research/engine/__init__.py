@@ -464,7 +464,7 @@ def stored_candles(
     if candles.empty:
         raise ValueError(
             f"no stored {exchange} {symbol} {timeframe} candles from {start} to {end or 'the newest'}: "
-            f"materialize ohlcv/{exchange}/{timeframe} for {symbol} first (UI, or `atlas fetch`)"
+            f"materialize {exchange}/ohlcv_{timeframe} for {symbol} first (UI, or `atlas fetch`)"
         )
     return candles
 
