@@ -137,8 +137,9 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     for run in runs:
         if run.success:  # a failed one is the command's last line
             print(f"{run.label}: run {run.result.run_id} ok", file=sys.stderr)
-    print(summary.line(runs), file=sys.stderr)
     failed = [run for run in runs if not run.success]
+    if not failed:  # a failure's last line says why instead (and stderr stays within five lines)
+        print(summary.line(runs), file=sys.stderr)
     if failed:
         reason = f"{failed[0].label}: {failed[0].failure_reason()}"
         if NOT_LISTED_MESSAGE in reason:  # a configured market the exchange does not list: config

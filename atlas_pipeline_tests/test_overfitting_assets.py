@@ -61,7 +61,7 @@ def test_sweeps_record_trials_and_the_overfitting_check_warns_or_blocks(setup, t
     assert math.isnan(stats["pbo"]) and stats["pbo_days"] < 32
     assert stats["bootstrap_sharpe_p5"] <= stats["bootstrap_sharpe_p50"] <= stats["bootstrap_sharpe_p95"]
     [record] = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(["metrics", "swept"]), asset_partitions=["ETH-BTC"]), limit=1
+        dg.AssetRecordsFilter(asset_key=metrics_asset_key("swept"), asset_partitions=["ETH-BTC"]), limit=1
     ).records
     assert record.asset_materialization.metadata["dsr"].value == stats["dsr"]
 
@@ -80,12 +80,12 @@ def test_sweeps_record_trials_and_the_overfitting_check_warns_or_blocks(setup, t
     # (the metrics asset judges the stored statistics: no need to rerun the backtest)
     write_backtests(config_dir, {"swept": {**SWEPT, "overfitting": {"min_dsr": 0.9999, "block": True}}})
     defs = build_definitions(config_dir, store_root=str(store_root))
-    strict = dg.materialize([defs.resolve_assets_def(dg.AssetKey(["metrics", "swept"]))], instance=instance,
+    strict = dg.materialize([defs.resolve_assets_def(metrics_asset_key("swept"))], instance=instance,
                             partition_key="ETH-BTC", raise_on_error=False)
     check = check_evaluations(strict)[OVERFITTING_CHECK]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert "< min_dsr 0.9999" in check.description
-    assert defs.resolve_assets_def(dg.AssetKey(["metrics", "swept"])).check_specs_by_output_name
+    assert defs.resolve_assets_def(metrics_asset_key("swept")).check_specs_by_output_name
     strict_settings = load_backtests_config(load_exchanges_config(config_dir), config_dir).get("swept")
     assert leaderboard([strict_settings], results).empty
     note = overfitting_note(stats, strict_settings)

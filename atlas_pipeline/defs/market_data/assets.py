@@ -110,7 +110,7 @@ def _ohlcv_asset(
 
     @dg.asset(
         key=key,
-        partitions_def=ohlcv_partitions(settings, swaps_only=mark),
+        partitions_def=ohlcv_partitions(settings),
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=ohlcv_check_specs(key),
         group_name=MARKET_DATA_GROUP,
@@ -147,6 +147,12 @@ def _ohlcv_asset(
         try:
             for symbol_partition, days in days_by_symbol.items():
                 symbol = markets.get(symbol_partition)
+                if symbol is None and mark:
+                    raise dg.Failure(
+                        f"{key.to_user_string()}: {symbol_partition} is not a perpetual swap of {settings.id}; "
+                        f"mark prices exist for swaps only ({', '.join(markets.values())})",
+                        allow_retries=False,
+                    )
                 if symbol is None:
                     raise dg.Failure(
                         f"{settings.id}: market partition {symbol_partition!r} is not in {metadata_file} "

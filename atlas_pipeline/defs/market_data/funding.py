@@ -51,7 +51,7 @@ def _funding_asset(settings: ExchangeSettings) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        partitions_def=ohlcv_partitions(settings, swaps_only=True),
+        partitions_def=ohlcv_partitions(settings),
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=specs,
         group_name=MARKET_DATA_GROUP,
@@ -67,7 +67,13 @@ def _funding_asset(settings: ExchangeSettings) -> dg.AssetsDefinition:
         client = ExchangeClient(exchange_connection(settings), log=context.log)
         reports: list[IngestReport] = []
         for partition, days in _days_by_symbol(context).items():
-            symbol = swaps[partition]
+            symbol = swaps.get(partition)
+            if symbol is None:
+                raise dg.Failure(
+                    f"{key.to_user_string()}: {partition} is not a perpetual swap of {settings.id}; funding rates "
+                    f"exist for swaps only ({', '.join(swaps.values())})",
+                    allow_retries=False,
+                )
             context.log.info(f"{settings.id} {symbol} funding: {len(days)} days, {days[0]}..{days[-1]}")
             try:
                 reports.append(ingest_funding(client, store, symbol, days, log=context.log))

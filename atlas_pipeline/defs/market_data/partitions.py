@@ -19,9 +19,13 @@ DATE = "date"
 SYMBOL = "symbol"
 
 
-def ohlcv_partitions(settings: ExchangeSettings, swaps_only: bool = False) -> dg.MultiPartitionsDefinition:
-    """Days from ``history_start`` through today (today is partial until it closes) x markets
-    (``swaps_only``: the perpetual swaps among them, for mark prices and funding rates).
+def ohlcv_partitions(settings: ExchangeSettings) -> dg.MultiPartitionsDefinition:
+    """Days from ``history_start`` through today (today is partial until it closes) x markets.
+
+    Mark prices and funding rates use the same market dimension (their spot partitions stay
+    empty): a perp backtest, partitioned by the entry's markets, maps onto all three of its
+    inputs with one ``MultiToSingleDimensionPartitionMapping``, which needs that dimension to be
+    the very same partitions definition (a swaps-only one failed every run in ``dagster dev``).
 
     ``end_offset=1`` adds today's partition so intraday refreshes can store the candles closed so
     far; the daily schedule still targets yesterday, which is complete.
@@ -31,9 +35,7 @@ def ohlcv_partitions(settings: ExchangeSettings, swaps_only: bool = False) -> dg
             DATE: dg.DailyPartitionsDefinition(
                 start_date=settings.history_start.isoformat(), timezone="UTC", end_offset=1
             ),
-            SYMBOL: dg.StaticPartitionsDefinition([symbol_key(m) for m in swap_markets(settings)])
-            if swaps_only
-            else market_partitions(settings),
+            SYMBOL: market_partitions(settings),
         }
     )
 
