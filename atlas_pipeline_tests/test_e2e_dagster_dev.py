@@ -413,8 +413,10 @@ def node_kinds(keys) -> dict[str, str]:
     for exchange in ("binance", "okx"):
         known[f"{exchange}/ohlcv_5m"] = "candles 5m"
         known[f"{exchange}/exchange_metadata"] = "exchange metadata"
+    known.update({"binance/markprice_5m": "mark-price candles 5m", "binance/funding": "funding rates"})  # the swap
     for name in BACKTESTS:
         known.update({f"{name}/backtest": "backtest", f"{name}/metrics": "metrics", f"{name}/walkforward": "walk-forward"})
+    known.update({f"{name}/portfolio": "portfolio" for name in PORTFOLIOS})
     keys = list(keys)
     assert set(keys) <= set(known), f"unexpected asset keys: {sorted(set(keys) - set(known))}"
     return {key: known[key] for key in keys}
@@ -449,12 +451,15 @@ def test_chromium_renders_the_asset_graph(ui) -> None:
         label_kinds.setdefault(key.split("/")[-1], set()).add(kind)
     assert all(len(shared) == 1 for shared in label_kinds.values()), f"nodes of different kinds share a label: {label_kinds}"
     nodes = Counter(key.split("/")[-1] for key in kinds)
-    assert nodes == {"ohlcv_5m": 2, "exchange_metadata": 2, "backtest": 2, "metrics": 2, "leaderboard": 1}, kinds
+    assert nodes == {
+        "ohlcv_5m": 2, "exchange_metadata": 2, "markprice_5m": 1, "funding": 1,
+        "backtest": len(BACKTESTS), "metrics": len(BACKTESTS), "portfolio": len(PORTFOLIOS), "leaderboard": 1,
+    }, kinds
     # Every node's label is on the page, once per node; the old labels (`5m`, an exchange, a
     # backtest's name) are not; and the group boxes are there.
     rendered = {label: words.count(label) for label in nodes}
     assert rendered == dict(nodes), f"labels rendered {rendered} at {graph_url}: {' '.join(words)[:2000]}"
-    assert not {"5m", "binance", "okx", BACKTEST, OKX_BACKTEST} & set(words), " ".join(words)[:2000]
+    assert not {"5m", "binance", "okx", *BACKTESTS, *PORTFOLIOS} & set(words), " ".join(words)[:2000]
     assert {"market_data", "research"} <= set(words), " ".join(words)[:2000]
 
     screenshot = artifacts_dir() / "asset_graph.png"

@@ -13,7 +13,7 @@ import pandas as pd
 from atlas_pipeline.config.backtests import load_backtests_config
 from atlas_pipeline.config.exchanges import load_exchanges_config
 from atlas_pipeline.defs.definitions import build_definitions
-from atlas_pipeline.defs.research.assets import OVERFITTING_CHECK, walkforward_asset_key
+from atlas_pipeline.defs.research.assets import OVERFITTING_CHECK, metrics_asset_key, walkforward_asset_key
 from atlas_pipeline.research.metrics import daily_returns
 from atlas_pipeline.research.result_store import ResultStore
 from atlas_pipeline.research.stats.dsr import moments

@@ -28,8 +28,9 @@ def test_portfolio_command(env: dict[str, str], tmp_path: Path, monkeypatch, cap
     assert main(["portfolio", "nope"]) == 2
     assert "atlas: error: portfolio 'nope' is not configured" in capsys.readouterr().err
     assert main(["portfolio", "basket"]) == 1
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("atlas: failed: portfolio/basket: ") and "materialize ohlcv/binance/5m" in last
+    *_, reason, log_line = capsys.readouterr().err.strip().splitlines()  # the reason, then where the full log is
+    assert reason.startswith("atlas: failed: basket/portfolio: ") and "materialize binance/ohlcv_5m" in reason, reason
+    assert log_line.startswith("atlas: full log: ")
 
     fetch = ["fetch", "--exchange", "binance", "--symbol", "ETH/BTC", "--symbol", "ADA/BTC", "--timeframe", "5m"]
     assert main([*fetch, "--start", "2018-01-10", "--end", "2018-01-12"]) == 0
