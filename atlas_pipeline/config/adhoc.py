@@ -23,9 +23,7 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from atlas_pipeline.atomic_files import write_text_atomic
 from atlas_pipeline.config.backtests import BacktestSettings, _check_references
 from atlas_pipeline.config.errors import ConfigError
 from atlas_pipeline.config.exchanges import ExchangesConfig
@@ -125,15 +124,7 @@ def save_adhoc_backtest(path: Path, name: str, settings: Mapping[str, Any]) -> d
         entry = {**settings, "symbols": old_symbols + [s for s in settings["symbols"] if s not in old_symbols]}
         entries[name] = entry
         text = _HEADER + yaml.safe_dump({"backtests": entries}, sort_keys=False, default_flow_style=None)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_text_atomic(path, text)
     return entry
 
 

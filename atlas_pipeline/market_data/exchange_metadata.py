@@ -19,7 +19,6 @@ import fcntl
 import functools
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import ccxt
 import pandas as pd
 import yaml
 
+from atlas_pipeline.atomic_files import write_text_atomic
 from atlas_pipeline.market_data.candles import ms_to_iso, timeframe_ms
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection, Logger
 from atlas_pipeline.market_data.universe import Rules, resolve_universe
@@ -240,17 +240,7 @@ def write_metadata_yaml(path: Path | str, metadata: ExchangeMetadata) -> Path:
             "# Written by the <exchange>/exchange_metadata assets; do not edit (it is rewritten).\n"
             + yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
         )
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
+        write_text_atomic(path, text)
     return path
 
 

@@ -49,11 +49,10 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -64,6 +63,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from atlas_pipeline.atomic_files import replace_file as replace_local_file, write_text_atomic
 from atlas_pipeline.market_data.candles import (
     CANDLE_DTYPES,
     DAY_MS,
@@ -342,27 +342,12 @@ class _LocalIO:
         except FileNotFoundError:
             return None
 
-    def _replace(self, path: str, write: Callable[[object], object]) -> None:
-        folder, name = os.path.split(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())  # so a power cut after the rename cannot expose an empty file
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
     def write_table(self, path: str, table: pa.Table) -> None:
         parts = _file_bytes(table)  # before the temp file: a failing writer leaves nothing behind
-        self._replace(path, lambda f: [f.write(part) for part in parts])
+        replace_local_file(path, lambda f: [f.write(part) for part in parts])
 
     def write_text(self, path: str, text: str) -> None:
-        self._replace(path, lambda f: f.write(text.encode("utf-8")))
+        write_text_atomic(path, text)
 
     def move(self, path: str, to: str) -> None:
         os.makedirs(os.path.dirname(to), exist_ok=True)

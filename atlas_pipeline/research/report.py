@@ -14,8 +14,6 @@ from __future__ import annotations
 import html
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +25,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from atlas_pipeline.atomic_files import write_text_atomic
 from atlas_pipeline.research.metrics import METRIC_DESCRIPTIONS, format_metric, metric_label
 
 SUMMARY_METRICS = (
@@ -101,14 +100,7 @@ def write_html_report(path: Path, title: str, sections: Sequence[ReportSection],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = render_html_report(title, sections, warnings)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(document)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, document)
     return path
 
 
