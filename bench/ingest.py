@@ -449,10 +449,15 @@ def bench_sources(args: argparse.Namespace, work: Path) -> int:
         print(f"backfill {args.start}..{today} {args.symbol} {timeframe} ({backfills['rest'].partitions:,} partitions; "
               f"emulator seed {DEMO_SEED}, rate limit off)", flush=True)
         runs = {}
+        storage = "PostgreSQL" if args.postgres_url else "SQLite"
+
+        def instance_at(folder: Path) -> dg.DagsterInstance:  # each on a fresh instance of the chosen storage
+            return postgres_instance(folder, args.postgres_url) if args.postgres_url else sqlite_instance(folder)
+
         for source, backfill in backfills.items():
-            with sqlite_instance(work / f"warm-up-{source}") as instance:
+            with instance_at(work / f"warm-up-{source}") as instance:
                 run_pipeline(backfill, instance, work / f"warm-up-store-{source}", backfill.end - dt.timedelta(days=WARM_UP_DAYS))
-            with sqlite_instance(work / f"dagster-{source}") as instance:
+            with instance_at(work / f"dagster-{source}") as instance:
                 runs[source] = run_pipeline(backfill, instance, work / f"store-{source}")
             print(f"  {source}: {runs[source].seconds:.1f} s", flush=True)
     archive, rest = runs["archive"], runs["rest"]
@@ -465,9 +470,9 @@ def bench_sources(args: argparse.Namespace, work: Path) -> int:
     archive_seconds = archive.stages.get("archive", 0.0)
     rate = candles / archive_seconds if archive_seconds else 0.0
     print(f"  {len(a):,} candles stored by each (up to the last candle both have)")
-    _line("archive backfill (Dagster asset, SQLite)", archive.seconds,
+    _line(f"archive backfill (Dagster asset, {storage})", archive.seconds,
           f"{int(archive.metadata.get('archive_files', 0))} files, {candles:,} candles from the archive")
-    _line("REST backfill (Dagster asset, SQLite)", rest.seconds, f"{int(rest.metadata.get('requests', 0)):,} requests")
+    _line(f"REST backfill (Dagster asset, {storage})", rest.seconds, f"{int(rest.metadata.get('requests', 0)):,} requests")
     print(f"  REST / archive = {speedup:.1f}x (bar >= {ARCHIVE_SPEEDUP_BAR:g}x{'' if speedup >= ARCHIVE_SPEEDUP_BAR else ': MISSED'})")
     print(f"  archive download+verify+parse: {archive_seconds:.2f} s, {rate:,.0f} candles/s "
           f"(bar >= {ARCHIVE_RATE_BAR:,}{'' if rate >= ARCHIVE_RATE_BAR else ': MISSED'})")
@@ -488,7 +493,8 @@ def main() -> None:
     parser.add_argument("--symbol", default="BTC/USDT")
     parser.add_argument("--timeframe", default=None, help="default 1h (1m with --source archive)")
     parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2017, 1, 1))
-    parser.add_argument("--postgres-url", help="also run (a) and (b) on a dagster-postgres instance")
+    parser.add_argument("--postgres-url", help="also run (a) and (b) on a dagster-postgres instance; with --source "
+                        "archive, run both backfills on it instead of SQLite (set DAGSTER_EVENT_BATCH_SIZE as production does)")
     parser.add_argument("--only-cli", action="store_true", help="only (d): atlas fetch's peak RSS and first progress line")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="atlas-ingest-bench-") as work:
