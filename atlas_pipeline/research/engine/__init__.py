@@ -248,6 +248,16 @@ CEREBRO_OPTIONS: dict[str, Any] = dict(stdstats=False, runonce=True, preload=Tru
 alternatives). ``tradehistory`` only costs per fill and gives trades their exit fills."""
 
 
+def configure_broker(cerebro: bt.Cerebro, broker: RecordingBroker, spec: BacktestSpec) -> RecordingBroker:
+    """The engine's broker conventions, shared by spot and perp runs: the spec's cash, orders
+    checked at their fill (not at submission), and slippage on every fill kind."""
+    broker.set_cash(spec.cash)
+    broker.set_checksubmit(False)
+    broker.set_slippage_perc(spec.slippage, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
+    cerebro.broker = broker
+    return broker
+
+
 def bt_timeframe(timeframe: str) -> tuple[int, int]:
     """backtrader's (TimeFrame, compression) for a ccxt timeframe: ``5m`` -> (Minutes, 5)."""
     ms = timeframe_ms(timeframe)
@@ -382,12 +392,8 @@ def _run(
 
         broker = perps.configure(cerebro, candles, spec)
     else:
-        broker = RecordingBroker()
-        broker.set_cash(spec.cash)
-        broker.set_checksubmit(False)
-        broker.set_slippage_perc(spec.slippage, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
+        broker = configure_broker(cerebro, RecordingBroker(), spec)
         broker.addcommissioninfo(PercentCommission(commission=spec.commission))
-        cerebro.broker = broker
         cerebro.addsizer(
             FractionSizer,
             fraction=spec.fraction,

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from atlas_pipeline.market_data.candles import ms_to_iso
-from atlas_pipeline.research.engine import RecordingBroker  # the package imports this module lazily
+from atlas_pipeline.research.engine import RecordingBroker, configure_broker  # the package imports this module lazily
 from atlas_pipeline.research.strategy_base import FLAT, AtlasStrategy
 
 if TYPE_CHECKING:
@@ -291,11 +291,7 @@ def configure(cerebro: bt.Cerebro, candles: pd.DataFrame, spec: BacktestSpec, wh
     perp = spec.perp
     assert perp is not None
     check_funding(candles["timestamp"].to_numpy(np.int64), perp.funding, perp.funding_interval_ms, where)
-    broker = PerpBroker(perp, candles, spec.commission)
-    broker.set_cash(spec.cash)
-    broker.set_checksubmit(False)
-    broker.set_slippage_perc(spec.slippage, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
-    cerebro.broker = broker
+    broker = configure_broker(cerebro, PerpBroker(perp, candles, spec.commission), spec)
     cerebro.addsizer(
         PerpSizer,
         fraction=spec.fraction,

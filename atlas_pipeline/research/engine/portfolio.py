@@ -31,6 +31,7 @@ from atlas_pipeline.research.engine import (
     RecordingBroker,
     TooFewCandlesError,
     bt_timeframe,
+    configure_broker,
 )
 from atlas_pipeline.research.strategy_base import AtlasStrategy
 from atlas_pipeline.research.strategy_loader import StrategyError, load_strategy, strategy_file
@@ -286,12 +287,8 @@ def run_portfolio(
 
     tf, compression = bt_timeframe(timeframe)
     cerebro = bt.Cerebro(**CEREBRO_OPTIONS)
-    broker = PortfolioBroker(has, {})
-    broker.set_cash(spec.market.cash)
-    broker.set_checksubmit(False)
-    broker.set_slippage_perc(spec.market.slippage, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
+    broker = configure_broker(cerebro, PortfolioBroker(has, {}), spec.market)
     broker.addcommissioninfo(PercentCommission(commission=spec.market.commission))
-    cerebro.broker = broker
     datas = [cerebro.adddata(FEED(dataname=feed, timeframe=tf, compression=compression), name=s) for s, feed in zip(symbols, feeds)]
     broker._column = {id(data): m for m, data in enumerate(datas)}
     cerebro.addstrategy(PortfolioStrategy, plan=plan)
