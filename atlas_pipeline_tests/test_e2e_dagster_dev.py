@@ -171,6 +171,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory):
         "DAGSTER_HOME": str(dagster_home),
         "ATLAS_HOME": str(tmp / "atlas_home"),
         "ATLAS_CONFIG": str(config_dir),
+        "ATLAS_SENSOR_INTERVAL_SECONDS": "5",  # reruns follow within seconds, not 30 s ticks
     }
     dev = DagsterDev(env, tmp / "dagster_dev.log")
     try:

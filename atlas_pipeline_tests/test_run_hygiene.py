@@ -168,7 +168,10 @@ def test_the_daemon_sensor_fails_runs_of_killed_processes_so_a_queued_ui_run_lau
     """`atlas ui` (dagster dev: webserver + daemon) is up before the fetches are killed, so only its
     daemon can heal the queue; a run launched from the UI is QUEUED behind the dead runs until then."""
     server = emulator_factory(FileCandleSource(SHARED_CANDLES), faults=[HOLD_KLINES])
-    env = {**home, "ATLAS_CONFIG": str(write_exchange_config(tmp_path / "config", server.base_url, timeout_seconds=300, max_retries=0))}
+    env = {
+        **home, "ATLAS_SENSOR_INTERVAL_SECONDS": "5",
+        "ATLAS_CONFIG": str(write_exchange_config(tmp_path / "config", server.base_url, timeout_seconds=300, max_retries=0)),
+    }
     dev = DagsterDev(env, tmp_path / "dagster_dev.log")
     try:
         dev.start(timeout=180)
@@ -176,7 +179,7 @@ def test_the_daemon_sensor_fails_runs_of_killed_processes_so_a_queued_ui_run_lau
         server.clear_faults()
         run_id = launch_run(dev, "ohlcv_binance", [["binance", "ohlcv_5m"]], range_tags("2018-01-12|ETH-BTC", "2018-01-12|ETH-BTC"))
         began = time.monotonic()
-        wait_for_run(dev, run_id, timeout=150)  # the sensor ticks every 30 s; before the fix, QUEUED forever
+        wait_for_run(dev, run_id, timeout=150)  # the sensor ticks every 5 s here; before the fix, QUEUED forever
         print(f"queued UI run finished {time.monotonic() - began:.1f} s after its launch")
     finally:
         dev.stop()

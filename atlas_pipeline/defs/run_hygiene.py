@@ -46,6 +46,8 @@ import dagster as dg
 from dagster._core.events import JobFailureData, RunFailureReason
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
+from atlas_pipeline.defs.sensor_interval import sensor_interval_seconds
+
 HOST_TAG = "atlas/host"
 PID_TAG = "atlas/pid"
 PROCESS_START_TAG = "atlas/process_start"
@@ -60,7 +62,6 @@ NOT_FINISHED = [
 """Statuses a run of a dead process can be stuck in; the last three hold a queue slot."""
 
 DEAD_RUNS_SENSOR = "dead_runs"
-SENSOR_INTERVAL_SECONDS = 30
 
 
 def host_name() -> str:
@@ -174,7 +175,7 @@ def fail_dead_runs(instance: dg.DagsterInstance, reporter: str, host: str | None
     return dead
 
 
-def dead_runs_sensor(minimum_interval_seconds: int = SENSOR_INTERVAL_SECONDS) -> dg.SensorDefinition:
+def dead_runs_sensor(minimum_interval_seconds: int | None = None) -> dg.SensorDefinition:
     """``fail_dead_runs`` on every tick of the daemon (running by default: the queue heals itself).
 
     It requests no runs; each tick's skip message says what it marked failed.
@@ -182,7 +183,7 @@ def dead_runs_sensor(minimum_interval_seconds: int = SENSOR_INTERVAL_SECONDS) ->
 
     @dg.sensor(
         name=DEAD_RUNS_SENSOR,
-        minimum_interval_seconds=minimum_interval_seconds,
+        minimum_interval_seconds=minimum_interval_seconds or sensor_interval_seconds(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Marks runs of Atlas processes (atlas fetch, atlas backtest, the demo) that were killed as "

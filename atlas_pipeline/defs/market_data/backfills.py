@@ -22,6 +22,7 @@ from atlas_pipeline.config import ExchangeSettings
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.launch import partition_range_tags
 from atlas_pipeline.defs.market_data.partitions import market_keys
+from atlas_pipeline.defs.sensor_interval import sensor_interval_seconds
 from atlas_pipeline.market_data.candles import symbol_key
 
 REQUEST_TAG = "atlas/backfill_request"
@@ -132,6 +133,7 @@ def ohlcv_backfill_sensor(
         run_status=dg.DagsterRunStatus.SUCCESS,
         monitored_jobs=[request_job],
         request_job=ohlcv_job,
+        minimum_interval_seconds=sensor_interval_seconds(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"One ohlcv_{settings.id} run per market for each successful {backfill_job_name(settings)} run.",
     )

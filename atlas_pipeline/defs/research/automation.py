@@ -29,6 +29,7 @@ import dagster as dg
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.config.exchanges import ExchangeSettings
 from atlas_pipeline.config.portfolios import PortfolioSettings
+from atlas_pipeline.defs.sensor_interval import sensor_interval_seconds
 from atlas_pipeline.defs.research.reruns import (
     MAX_RUNS_PER_TICK,
     RerunCursor,
@@ -40,12 +41,11 @@ from atlas_pipeline.defs.research.reruns import (
 )
 
 RESEARCH_AUTOMATION_SENSOR = "research_reruns"
-SENSOR_INTERVAL_SECONDS = 30
 SETTLE_ENV = "ATLAS_RERUN_SETTLE_SECONDS"
 SETTLE_SECONDS = 10.0
 """On storages other than SQLite (PostgreSQL): read only storage ids that existed this long ago, so
 no insert allocated below them can still be committing (``reruns.py``). Ten seconds is far beyond
-one event insert or batch; ticks are 30 s apart, so reruns start one tick later."""
+one event insert or batch; ticks are 30 s apart by default, so reruns start one tick later."""
 
 
 def settle_seconds(instance: dg.DagsterInstance) -> float:
@@ -96,7 +96,7 @@ def _now() -> float:
 def research_automation_sensor(
     backtests: Iterable[BacktestSettings],
     exchanges: Mapping[str, ExchangeSettings],
-    minimum_interval_seconds: int = SENSOR_INTERVAL_SECONDS,
+    minimum_interval_seconds: int | None = None,
     max_runs_per_tick: int = MAX_RUNS_PER_TICK,
     portfolios: Iterable[PortfolioSettings] = (),
 ) -> dg.SensorDefinition:
@@ -107,7 +107,7 @@ def research_automation_sensor(
     @dg.sensor(
         name=RESEARCH_AUTOMATION_SENSOR,
         jobs=research_jobs(graph),  # one per exchange entry: each has its own market partitions
-        minimum_interval_seconds=minimum_interval_seconds,
+        minimum_interval_seconds=minimum_interval_seconds or sensor_interval_seconds(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Reruns backtests, walk-forwards, metrics, portfolios and the leaderboard whose inputs changed (new candle, "
