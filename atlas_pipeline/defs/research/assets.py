@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import dagster as dg
 
 from atlas_pipeline.config.backtests import BacktestSettings
+from atlas_pipeline.config.portfolios import PortfolioSettings
 from atlas_pipeline.config.exchanges import ExchangeSettings
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.funding import funding_asset_key
@@ -64,24 +65,20 @@ def walkforward_asset_key(name: str) -> dg.AssetKey:
     return dg.AssetKey([name, "walkforward"])
 
 
-def _candles_dep(settings: BacktestSettings) -> dg.AssetDep:
-    """Every day of one market's candles -> that market's partition."""
-    return dg.AssetDep(
-        ohlcv_asset_key(settings.exchange, settings.timeframe),
-        partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL),
-    )
+def market_parents(settings: BacktestSettings | PortfolioSettings) -> list[dg.AssetKey]:
+    """What a backtest (per market) or a portfolio (all its markets) reads: the candles, and for
+    perpetual swaps also the mark prices and funding (the ``research_reruns`` sensor watches the
+    same keys)."""
+    candles = ohlcv_asset_key(settings.exchange, settings.timeframe)
+    if settings.market_type != "swap":
+        return [candles]
+    return [candles, ohlcv_asset_key(settings.exchange, settings.timeframe, MARK_PRICE_CANDLES), funding_asset_key(settings.exchange)]
 
 
 def _market_deps(settings: BacktestSettings) -> list[dg.AssetDep]:
-    """The candles, and for a perp backtest also the mark prices and funding of its market."""
-    if settings.market_type != "swap":
-        return [_candles_dep(settings)]
+    """Every day of each parent's partitions of one market -> that market's partition."""
     per_market = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL)
-    return [
-        _candles_dep(settings),
-        dg.AssetDep(ohlcv_asset_key(settings.exchange, settings.timeframe, MARK_PRICE_CANDLES), partition_mapping=per_market),
-        dg.AssetDep(funding_asset_key(settings.exchange), partition_mapping=per_market),
-    ]
+    return [dg.AssetDep(parent, partition_mapping=per_market) for parent in market_parents(settings)]
 
 
 def build_backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> list[dg.AssetsDefinition]:
