@@ -107,21 +107,16 @@ def test_the_sensor_reruns_the_portfolio_and_the_perp_backtest_on_a_funding_chan
     assert [r.asset_selection for r in tick.run_requests] == [[PORTFOLIO]]
     # (the perp backtest's ADA partition was never run: left alone)
 
-    # only a funding partition of ETH: the perp backtest's ETH partition and the portfolio
-    assert dg.materialize([defs.resolve_assets_def(PORTFOLIO)], instance=instance).success  # as the rerun would
-    settled = sensor_tick(defs, instance, tick.cursor)
-    assert settled.run_requests == []
-    assert materialize(defs, instance, [FUNDING], ETH, START, START + dt.timedelta(days=1)).success
-    tick = sensor_tick(defs, instance, settled.cursor)
-    assert requested(tick, PERP) == {"ETH-BTC_BTC"}
-    assert [r.asset_selection for r in tick.run_requests if r.partition_key is None] == [[PORTFOLIO]]
-
-    # only mark prices of ETH: the same
-    assert dg.materialize([defs.resolve_assets_def(PORTFOLIO)], instance=instance).success
-    assert dg.materialize([defs.resolve_assets_def(PERP)], instance=instance, partition_key="ETH-BTC_BTC").success
-    settled = sensor_tick(defs, instance, tick.cursor)
-    assert settled.run_requests == []
-    assert materialize(defs, instance, [MARK], ETH, START, START + dt.timedelta(days=1)).success
-    tick = sensor_tick(defs, instance, settled.cursor)
-    assert requested(tick, PERP) == {"ETH-BTC_BTC"}
-    assert [r.asset_selection for r in tick.run_requests if r.partition_key is None] == [[PORTFOLIO]]
+    # only a funding partition of ETH, then only its mark prices: the perp backtest's ETH
+    # partition and the portfolio, each time
+    cursor = tick.cursor
+    for parent in (FUNDING, MARK):
+        assert dg.materialize([defs.resolve_assets_def(PORTFOLIO)], instance=instance).success  # as the reruns would
+        assert dg.materialize([defs.resolve_assets_def(PERP)], instance=instance, partition_key="ETH-BTC_BTC").success
+        settled = sensor_tick(defs, instance, cursor)
+        assert settled.run_requests == []
+        assert materialize(defs, instance, [parent], ETH, START, START + dt.timedelta(days=1)).success
+        tick = sensor_tick(defs, instance, settled.cursor)
+        assert requested(tick, PERP) == {"ETH-BTC_BTC"}, parent
+        assert [r.asset_selection for r in tick.run_requests if r.partition_key is None] == [[PORTFOLIO]], parent
+        cursor = tick.cursor

@@ -29,14 +29,20 @@ from atlas_pipeline.research.portfolio_metrics import attribution, portfolio_met
 from atlas_pipeline_tests.support import needs_shared_candles, shared_candles
 from atlas_pipeline_tests.test_engine import crossings, sma
 from atlas_pipeline_tests.test_perps_engine import funding_events, mark_candles
+from atlas_pipeline_tests.test_portfolio_engine import (  # the spot test's markets, bars and signal
+    ADA_LISTED_AT,
+    BARS,
+    FAST,
+    MARKETS,
+    REL,
+    SLOW,
+    gapped_candles,
+    trailing_std,
+    union_timeline,
+)
 
 pytestmark = needs_shared_candles
 
-REL = 1e-9
-MARKETS = ("ETH", "ADA", "LTC", "TRX")
-BARS = 1_500
-ADA_LISTED_AT = 400
-FAST, SLOW = 10, 30
 H8 = 8 * 3_600_000
 OUTAGES = (1_515_744_000_000, 1_515_859_200_000)
 """2018-01-12 08:00 and 2018-01-13 16:00 UTC: three markets have no candle for 15 minutes (ADA has)."""
@@ -78,14 +84,6 @@ def side_signal(close: np.ndarray) -> np.ndarray:
     return state
 
 
-def trailing_std(close: np.ndarray, window: int) -> np.ndarray:
-    returns = close[1:] / close[:-1] - 1.0
-    out = np.full(len(close), np.nan)
-    for i in range(window, len(close)):
-        out[i] = np.std(returns[i - window : i], ddof=1)
-    return out
-
-
 @dataclass
 class Reference:
     equity: np.ndarray
@@ -100,37 +98,26 @@ class Reference:
 
 
 def reference(frames: dict[str, pd.DataFrame], spec: PortfolioSpec) -> Reference:
+    """The union timeline as the spot reference's (``test_portfolio_engine.union_timeline``), then
+    the swap rules."""
     symbols = list(frames)
-    ms = np.array(sorted(set().union(*(f["timestamp"].tolist() for f in frames.values()))), dtype=np.int64)
-    T, N = len(ms), len(symbols)
-    has = np.zeros((T, N), bool)
-    opens, closes = np.full((T, N), np.nan), np.full((T, N), np.nan)
+    ms, has, opens, closes, rows_of = union_timeline(frames)
+    T, N = has.shape
     m_open, m_high, m_low = np.full((T, N), np.nan), np.full((T, N), np.nan), np.full((T, N), np.nan)
     side, vol = np.zeros((T, N), np.int64), np.full((T, N), np.nan)
     due: dict[tuple[int, int], list[tuple[int, float]]] = {}
-    first_signal = []
-    for m, symbol in enumerate(symbols):
+    for m, (symbol, rows) in enumerate(zip(symbols, rows_of)):
         frame, perp = frames[symbol], spec.perps[symbol]
         stamps = frame["timestamp"].to_numpy()
-        rows = np.searchsorted(ms, stamps)
-        has[rows, m] = True
-        opens[rows, m], closes[rows, m] = frame["open"], frame["close"]
         mark = perp.mark.set_index("timestamp").loc[stamps]
         m_open[rows, m], m_high[rows, m], m_low[rows, m] = mark["open"], mark["high"], mark["low"]
         side[rows, m] = side_signal(frame["close"].to_numpy())
         vol[rows, m] = trailing_std(frame["close"].to_numpy(), spec.volatility_window)
-        first_signal.append(rows[SLOW])
         for t, rate in zip(perp.funding["timestamp"], perp.funding["rate"]):
             later = np.flatnonzero(stamps >= t)
             if len(later) and t >= stamps[0]:
                 due.setdefault((int(rows[later[0]]), m), []).append((int(t), float(rate)))
-        last = frame["open"].iloc[0]
-        for t in range(T):
-            if has[t, m]:
-                last = closes[t, m]
-            else:
-                opens[t, m] = closes[t, m] = last if t > rows[0] else frame["open"].iloc[0]
-    first = min(first_signal)
+    first = min(rows[SLOW] for rows in rows_of)
     costs = spec.market
     s, k, u = costs.slippage, costs.commission, costs.cushion
     lev = np.array([spec.perps[x].leverage for x in symbols])
@@ -404,17 +391,7 @@ SCRIPTED = textwrap.dedent(
 
 
 def gapped(gap: float) -> dict[str, pd.DataFrame]:
-    """Two swaps at a flat price whose second bar opens ``gap`` above the first close."""
-    frames = {}
-    for symbol, price in (("AAA/USDT:USDT", 2.0), ("BBB/USDT:USDT", 0.5)):
-        close = np.full(6, price)
-        opens = close.copy()
-        opens[1] = price * (1 + gap)
-        frames[symbol] = pd.DataFrame({
-            "timestamp": np.arange(6, dtype=np.int64) * 300_000, "open": opens, "high": np.maximum(opens, close),
-            "low": np.minimum(opens, close), "close": close, "volume": np.ones(6),
-        })
-    return frames
+    return gapped_candles(gap, ("AAA/USDT:USDT", "BBB/USDT:USDT"))
 
 
 def flat_perps(frames: dict[str, pd.DataFrame], leverage: float = 3.0, funding: dict[str, np.ndarray] | None = None) -> dict[str, PerpSpec]:

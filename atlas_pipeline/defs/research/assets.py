@@ -81,6 +81,28 @@ def _market_deps(settings: BacktestSettings) -> list[dg.AssetDep]:
     return [dg.AssetDep(parent, partition_mapping=per_market) for parent in market_parents(settings)]
 
 
+def funding_check_spec(key: dg.AssetKey, period: str) -> dg.AssetCheckSpec:
+    """The blocking ``funding_history`` check of a perp backtest or a swap portfolio."""
+    return dg.AssetCheckSpec(
+        FUNDING_CHECK,
+        asset=key,
+        blocking=True,
+        description=f"Every funding time of {period} has a stored funding event (never zero funding).",
+    )
+
+
+def missing_funding_result(error: MissingFundingError) -> dg.AssetCheckResult:
+    """The failed ``funding_history`` check naming the market and its missing ranges (the asset
+    then fails: nothing is materialized)."""
+    return dg.AssetCheckResult(
+        check_name=FUNDING_CHECK,
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=str(error),
+        metadata={"missing_ranges": dg.MetadataValue.json([[ms_to_iso(a), ms_to_iso(b), n] for a, b, n in error.ranges])},
+    )
+
+
 def build_backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> list[dg.AssetsDefinition]:
     """``<name>/backtest`` and ``<name>/metrics``, partitioned like the candles' market dimension.
 
@@ -100,12 +122,7 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
     key = backtest_asset_key(settings.name)
     swept = f", sweeping {settings.grid} by {settings.objective.metric}" if settings.grid else ""
 
-    funding_spec = dg.AssetCheckSpec(
-        FUNDING_CHECK,
-        asset=key,
-        blocking=True,
-        description="Every funding time of the backtest's period has a stored funding event (never zero funding).",
-    )
+    funding_spec = funding_check_spec(key, "the backtest's period")
 
     @dg.asset(
         key=key,
@@ -137,14 +154,7 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
         try:
             run = _run_for_market(run_backtest, settings, symbol, context, candle_store)
         except MissingFundingError as error:
-            # The blocking check fails naming the missing ranges, and nothing is materialized.
-            yield dg.AssetCheckResult(
-                check_name=FUNDING_CHECK,
-                passed=False,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=str(error),
-                metadata={"missing_ranges": dg.MetadataValue.json([[ms_to_iso(a), ms_to_iso(b), n] for a, b, n in error.ranges])},
-            )
+            yield missing_funding_result(error)
             raise dg.Failure(description=f"{key.to_user_string()} {symbol}: {error}", allow_retries=False) from error
         result = run.result
         context.log.info(f"{settings.name} {symbol}: {result.bars:,} bars, {len(result.trades)} trades; {run.lookahead.message}")

@@ -12,9 +12,14 @@ from collections.abc import Iterator
 import dagster as dg
 
 from atlas_pipeline.config.portfolios import PortfolioSettings
-from atlas_pipeline.defs.research.assets import FUNDING_CHECK, RESEARCH_GROUP, market_parents
+from atlas_pipeline.defs.research.assets import (
+    FUNDING_CHECK,
+    RESEARCH_GROUP,
+    funding_check_spec,
+    market_parents,
+    missing_funding_result,
+)
 from atlas_pipeline.defs.resources import CandleStoreResource
-from atlas_pipeline.market_data.candles import ms_to_iso
 from atlas_pipeline.portfolio_runs import run_configured_portfolio
 from atlas_pipeline.research.charts import png_markdown
 from atlas_pipeline.research.engine import StrategyError
@@ -38,14 +43,7 @@ def build_portfolio_asset(settings: PortfolioSettings) -> dg.AssetsDefinition:
     @dg.asset(
         key=key,
         deps=market_parents(settings),
-        check_specs=[
-            dg.AssetCheckSpec(
-                FUNDING_CHECK,
-                asset=key,
-                blocking=True,
-                description="Every funding time of every market's period has a stored funding event (never zero funding).",
-            )
-        ] if swap else None,
+        check_specs=[funding_check_spec(key, "every market's period")] if swap else None,
         group_name=RESEARCH_GROUP,
         kinds={"backtrader", "parquet"},
         description=(
@@ -61,14 +59,7 @@ def build_portfolio_asset(settings: PortfolioSettings) -> dg.AssetsDefinition:
         try:
             run = run_configured_portfolio(settings, store, ResultStore(store.root), log=context.log.info)
         except MissingFundingError as error:
-            # the blocking check fails naming the market and the missing ranges; nothing is materialized
-            yield dg.AssetCheckResult(
-                check_name=FUNDING_CHECK,
-                passed=False,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=str(error),
-                metadata={"missing_ranges": dg.MetadataValue.json([[ms_to_iso(a), ms_to_iso(b), n] for a, b, n in error.ranges])},
-            )
+            yield missing_funding_result(error)
             raise dg.Failure(description=f"{settings.name}/portfolio: {error}", allow_retries=False) from error
         except StrategyError as error:
             raise dg.Failure(description=f"{settings.name}/portfolio: {error}", allow_retries=False) from error

@@ -24,6 +24,7 @@ import pandas as pd
 from atlas_pipeline.research.engine.perps import (
     FUNDING_COLUMNS,
     LIQUIDATION_COLUMNS,
+    MarginAccount,
     PerpCommission,
     PerpSpec,
     check_funding,
@@ -78,15 +79,13 @@ def perp_markets(
     return markets
 
 
-class PerpPortfolioBroker(PortfolioBroker):
+class PerpPortfolioBroker(MarginAccount, PortfolioBroker):
     """``PortfolioBroker`` whose feeds are swaps: every bar settles funding (backtrader's full
     ``next``), fills, then checks each market's liquidation, and notes the available balance,
     positions and entries."""
 
     def __init__(self, has: np.ndarray, markets: Sequence[PerpMarket]) -> None:
         super().__init__(has, {})
-        self.p.shortcash = False  # both sides lock margin (PerpCommission.getoperationcost)
-        self.p.int2pnl = False  # funding is not a trade's commission
         self.markets = list(markets)
         for market in self.markets:
             self.addcommissioninfo(market.comminfo, name=market.symbol)
@@ -99,12 +98,6 @@ class PerpPortfolioBroker(PortfolioBroker):
         """``LIQUIDATION_COLUMNS`` rows, each after its market's column index."""
         self.liquidated: list[tuple[int, int, int]] = []
         """(bar, market column, side) of each liquidation, read by ``PortfolioStrategy``."""
-        self._owner: bt.Strategy | None = None
-
-    def notify(self, order: bt.Order) -> None:
-        if order.owner is not None:
-            self._owner = order.owner
-        super().notify(order)
 
     def next(self) -> None:
         bt.brokers.BackBroker.next(self)  # funding, then the bar's fills

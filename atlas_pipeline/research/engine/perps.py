@@ -217,14 +217,30 @@ class _BarState:
     entry: list[float] = field(default_factory=list)
 
 
-class PerpBroker(RecordingBroker):
+class MarginAccount:
+    """Broker mixin of a perp account (``PerpBroker``, ``perp_portfolio.PerpPortfolioBroker``):
+    both sides lock margin, funding is no trade's commission, and the strategy trading here is
+    remembered (from its orders) as the owner of a liquidation."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[call-arg]
+        self.p.shortcash = False  # both sides lock margin (PerpCommission.getoperationcost)
+        self.p.int2pnl = False  # funding is not a trade's commission
+        self._owner: bt.Strategy | None = None
+        """The strategy trading here (from its orders), whose position a liquidation closes."""
+
+    def notify(self, order: bt.Order) -> None:
+        if order.owner is not None:
+            self._owner = order.owner
+        super().notify(order)  # type: ignore[misc]
+
+
+class PerpBroker(MarginAccount, RecordingBroker):
     """``RecordingBroker`` with funding (via ``PerpCommission``) and liquidation every bar."""
 
     def __init__(self, spec: PerpSpec, candles: pd.DataFrame, commission: float) -> None:
         super().__init__()
         self.spec = spec
-        self.p.shortcash = False  # both sides lock margin (PerpCommission.getoperationcost)
-        self.p.int2pnl = False  # funding is not a trade's commission
         self.perp_comminfo = PerpCommission(commission=commission, leverage=spec.leverage)
         self.addcommissioninfo(self.perp_comminfo)
         stamps = candles["timestamp"].to_numpy(np.int64)
@@ -234,13 +250,6 @@ class PerpBroker(RecordingBroker):
         self.stamps = stamps
         self.state = _BarState()
         self.liquidations: list[tuple[int, str, float, float, float, float, float]] = []
-        self._owner: bt.Strategy | None = None
-        """The strategy trading here (from its orders), whose position a liquidation closes."""
-
-    def notify(self, order: bt.Order) -> None:
-        if order.owner is not None:
-            self._owner = order.owner
-        super().notify(order)
 
     def next(self) -> None:
         bt.brokers.BackBroker.next(self)  # funding, then the bar's fills
