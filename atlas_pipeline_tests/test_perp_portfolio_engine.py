@@ -222,8 +222,8 @@ def reference(frames: dict[str, pd.DataFrame], spec: PortfolioSpec) -> Reference
             worst = closes[t, m] * ((1 - s) * (1 - u) if q[m] > 0 else (1 + s) * (1 + u))
             free += abs(d) * e[m] / lev[m] + np.sign(q[m]) * abs(d) * (worst - e[m]) - k * abs(d) * worst
         need = sum(abs(d) * closes[t, m] * (1 + s) * (1 + u) * (1 / lev[m] + k) for m, d in opening)
-        scale = min(1.0, free / need) if need > 0 else 1.0
-        pending = closing + [(m, d * scale) for m, d in opening]
+        scale = max(0.0, min(1.0, free / need)) if need > 0 else 1.0
+        pending = closing + [(m, d * scale) for m, d in opening if scale > 0]
     return out
 
 
@@ -447,3 +447,38 @@ def test_missing_funding_of_one_market_fails_naming_it(tmp_path: Path) -> None:
                                                   r"1970-01-01 16:00 \.\. 1970-01-02 00:00 \(2 events\)") as error:
         run_portfolio(frames, spec, "5m", strategies_dir=tmp_path)
     assert error.value.ranges == [(2 * H8, 3 * H8, 2)]
+
+
+ABOVE_ONE = textwrap.dedent(
+    """
+    from atlas_pipeline.research.strategy_base import FLAT, LONG, AtlasStrategy
+
+    class AboveOne(AtlasStrategy):
+        def next(self):
+            self.target(LONG if self.data.close[0] > 1 else FLAT)
+    """
+)
+
+
+def test_funding_that_leaves_no_available_balance_sends_no_opening_order(tmp_path: Path) -> None:
+    """AAA all in at 3x pays 5 % funding at 08:00: the available balance goes below 0 (the margin
+    stays locked). When BBB then signals (its close rises above 1) and AAA is within the
+    threshold, the opening order is scaled to nothing and not sent (never a negative size, which
+    would be an order to the other side)."""
+    (tmp_path / "above_one.py").write_text(ABOVE_ONE)
+    n = 190  # 15 h 50 min: funding at 00:00 and 08:00
+    frames = {}
+    for symbol, prices in (("AAA/USDT:USDT", np.full(n, 2.0)), ("BBB/USDT:USDT", np.where(np.arange(n) < 150, 0.5, 1.5))):
+        frames[symbol] = pd.DataFrame({"timestamp": np.arange(n, dtype=np.int64) * 300_000, "open": prices, "high": prices,
+                                       "low": prices, "close": prices, "volume": 1.0})
+    specs = {}
+    for symbol, frame in frames.items():
+        funding = pd.DataFrame({"timestamp": np.array([0, H8], dtype=np.int64), "rate": 0.05})
+        specs[symbol] = PerpSpec(mark=frame, funding=funding, leverage=3)
+    spec = PortfolioSpec(BacktestSpec("above_one", fraction=1.0, commission=0.0005), perps=specs, rebalance_threshold=0.9)
+    result = run_portfolio(frames, spec, "5m", strategies_dir=tmp_path)
+    [paid] = result.funding.itertuples()
+    assert paid.symbol == "AAA/USDT:USDT" and paid.amount < 0
+    assert result.equity["available"].iloc[-1] < 0 <= result.equity["cash"].min()
+    assert list(result.orders["symbol"]) == ["AAA/USDT:USDT"] and list(result.orders["side"]) == ["buy"]
+    assert (result.signals["BBB/USDT:USDT"].iloc[150:] == 1).all() and (result.positions["BBB/USDT:USDT"] == 0).all()

@@ -275,7 +275,7 @@ def rebalance_orders(
         needed = lambda m, d: d * close[m] * up  # noqa: E731
     available = cash + sum(freed(m, d) for m, d in closing)
     cost = sum(needed(m, d) for m, d in opening)
-    scale = min(1.0, available / cost) if cost > 0 else 1.0
+    scale = max(0.0, min(1.0, available / cost)) if cost > 0 else 1.0  # funding can leave a swap account short
     return closing + [(m, d * scale) for m, d in opening if d * scale != 0]
 
 
