@@ -7,6 +7,8 @@ attribution) is written in ``docs/trading-model.md`` ("Portfolios") and pinned b
 ``atlas_pipeline_tests/test_portfolio_engine.py`` against an independent numpy loop. Fills, fees,
 slippage, the refused-order retry and the warm-up follow the single-market engine
 (``research/engine/__init__.py``), whose broker, commission and feed classes are reused here.
+A swap portfolio (``PortfolioSpec.perps``) runs the same strategy on ``perp_portfolio.py``'s broker:
+isolated margin, funding and liquidation per market, SHORT signals as negative weights.
 """
 
 from __future__ import annotations
