@@ -4,6 +4,7 @@ and save them through ``ResultStore`` (``<root>/portfolios/<name>/``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from atlas_pipeline.research.portfolio_metrics import attribution, portfolio_met
 from atlas_pipeline.research.plots import equity_figure, format_params
 from atlas_pipeline.research.report import ReportChart, ReportSection, ReportTable, write_html_report
 from atlas_pipeline.research.result_store import ResultStore
-from atlas_pipeline.research_runs import strategy_spec
+from atlas_pipeline.research_runs import perp_spec, strategy_spec
 
 Log = Callable[[str], None]
 FRAMES = ("equity", "positions", "orders", "trades", "attribution")
@@ -68,8 +69,13 @@ def run_configured_portfolio(
         )
         if log:
             log(f"portfolio {settings.name}: {symbol} {len(candles[symbol]):,} candles")
+    spec = portfolio_spec(settings)
+    if settings.market_type == "swap":  # each market's mark prices and funding, checked whole
+        spec = dataclasses.replace(
+            spec, perps={symbol: perp_spec(settings, symbol, store, frame) for symbol, frame in candles.items()}
+        )
     read = time.perf_counter()
-    result = run_portfolio(candles, portfolio_spec(settings), settings.timeframe, strategies_dir)
+    result = run_portfolio(candles, spec, settings.timeframe, strategies_dir)
     ran = time.perf_counter()
     metrics = portfolio_metrics(result)
     table = attribution(result)
@@ -84,6 +90,7 @@ def run_configured_portfolio(
             "orders": orders,
             "trades": result.trades,
             "attribution": table.reset_index(),
+            **({} if result.funding is None else {"funding": result.funding, "liquidations": result.liquidations}),
         },
         {"metrics": metrics, "warmup_bars": result.warmup_bars, "parameters": result.parameters},
     )

@@ -71,13 +71,20 @@ def market_spec(settings: BacktestSettings, symbol: str, store: CandleStore, can
     spec = backtest_spec(settings)
     if settings.market_type != "swap":
         return spec
+    return dataclasses.replace(spec, perp=perp_spec(settings, symbol, store, candles))
+
+
+def perp_spec(settings: BacktestSettings | PortfolioSettings, symbol: str, store: CandleStore, candles: pd.DataFrame) -> PerpSpec:
+    """A swap's stored mark prices and funding history over the candles' span, with the margin
+    settings of its backtest or portfolio; missing funding events raise ``MissingFundingError``
+    naming the market, the asset and the ranges."""
     first, last = int(candles["timestamp"].iloc[0]), int(candles["timestamp"].iloc[-1])
     interval = funding_interval(settings.exchange)
     funding = CandleStore(store.root, FUNDING_RATES).read(settings.exchange, symbol, interval, first, last + 1)
     where = f" of {settings.exchange} {symbol} ({settings.exchange}/funding)"
     check_funding(candles["timestamp"].to_numpy(), funding, timeframe_ms(interval), where)
     mark = CandleStore(store.root, MARK_PRICE_CANDLES).read(settings.exchange, symbol, settings.timeframe, first, last + 1)
-    perp = PerpSpec(
+    return PerpSpec(
         mark=mark,
         funding=funding,
         leverage=settings.leverage,
@@ -85,7 +92,6 @@ def market_spec(settings: BacktestSettings, symbol: str, store: CandleStore, can
         liquidation_fee=settings.liquidation_fee,
         funding_interval_ms=timeframe_ms(interval),
     )
-    return dataclasses.replace(spec, perp=perp)
 
 
 def sweep_workers() -> int:

@@ -87,3 +87,48 @@ def test_an_unknown_top_level_key_names_both_sections(tmp_path: Path) -> None:
     folder = write(tmp_path, {"backtests": {"sma": BACKTEST}, "portfolio": {"basket": GOOD}})
     with pytest.raises(ConfigError, match="portfolio.*expected only 'backtests' or 'portfolios'"):
         load_backtests_config(load_exchanges_config(folder), folder)
+
+
+# ---- swap portfolios: the perp settings of a single backtest, named portfolios.<name>.<key> ------
+
+SWAP_EXCHANGES = {"binance": {"timeframes": ["1h", "12h"], "markets": ["BTC/USDT", "BTC/USDT:USDT", "ETH/USDT:USDT"],
+                              "history_start": "2019-09-01"}}
+SWAP = {**GOOD, "symbols": ["BTC/USDT:USDT", "ETH/USDT:USDT"], "market_type": "swap", "leverage": 3,
+        "period": {"start": "2020-01-01"}}
+
+
+def load_swap(tmp_path: Path, portfolio: dict, exchanges: dict = SWAP_EXCHANGES):
+    (tmp_path / "exchanges.yaml").write_text(yaml.safe_dump({"exchanges": exchanges}))
+    (tmp_path / "backtests.yaml").write_text(yaml.safe_dump({"portfolios": {"basket": portfolio}}))
+    return load_portfolios_config(load_exchanges_config(tmp_path), tmp_path).get("basket")
+
+
+def test_a_swap_portfolio_and_its_defaults(tmp_path: Path) -> None:
+    settings = load_swap(tmp_path, SWAP)
+    assert (settings.market_type, settings.leverage, settings.maintenance_margin, settings.liquidation_fee) == ("swap", 3, 0.004, 0.0125)
+    assert settings.taker_fee() == 0.0005  # ccxt's USDⓈ-M taker fee, not spot's 0.1 %
+    assert portfolio_spec(settings).market.commission == 0.0005
+    shipped = load_portfolios_config(load_exchanges_config())
+    assert any(p.market_type == "swap" for p in shipped.portfolios.values()), "config/backtests.yaml ships a swap portfolio"
+
+
+@pytest.mark.parametrize(
+    ("change", "exchanges", "key", "value", "reason"),
+    [
+        ({"symbols": ["BTC/USDT:USDT", "BTC/USDT"]}, None, "portfolios.basket.symbols[1]", "'BTC/USDT'", "is not a perpetual swap"),
+        ({"market_type": "spot", "symbols": ["BTC/USDT"]}, None, "portfolios.basket.leverage", "3", "applies to market_type: swap only"),
+        ({"market_type": "futures"}, None, "portfolios.basket.market_type", "'futures'", "'spot' or 'swap'"),
+        ({"leverage": 200}, None, "portfolios.basket.leverage", "200", "less than or equal to 125"),
+        ({"leverage": 50, "maintenance_margin": 0.03}, None, "portfolios.basket.maintenance_margin", "0.03", "below 1/leverage = 0.02"),
+        ({"timeframe": "12h"}, None, "portfolios.basket.timeframe", "'12h'", "must divide binance's funding interval 8h"),
+        ({"symbols": ["BTC/USDT:USDT", "SOL/USDT:USDT"]}, None, "portfolios.basket.symbols[1]", "'SOL/USDT:USDT'", "collects only"),
+        ({}, {"binance": {"timeframes": ["1h"], "markets": [], "universe": {"quote": ["USDT"]}, "history_start": "2019-09-01"}},
+         "portfolios.basket.symbols[0]", "'BTC/USDT:USDT'", "mark prices and funding are collected only for swaps listed"),
+    ],
+)
+def test_bad_swap_settings_name_the_key(tmp_path: Path, change: dict, exchanges: dict | None, key: str, value: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_swap(tmp_path, {**SWAP, **change}, exchanges or SWAP_EXCHANGES)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'backtests.yaml'}: {key}"), message
+    assert value in message and reason in message, message

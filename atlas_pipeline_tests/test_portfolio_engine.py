@@ -74,29 +74,37 @@ class Reference:
     first: int = 0
 
 
-def reference(frames: dict[str, pd.DataFrame], spec: PortfolioSpec) -> Reference:
-    symbols = list(frames)
+def union_timeline(frames: dict[str, pd.DataFrame]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(bar times, has-candle, opens, closes, each market's candle rows) on the union of the
+    markets' candle times; bars without a candle are flat at the last close (before the first
+    candle: at the first open)."""
     ms = np.array(sorted(set().union(*(f["timestamp"].tolist() for f in frames.values()))), dtype=np.int64)
-    T, N = len(ms), len(symbols)
+    T, N = len(ms), len(frames)
     has = np.zeros((T, N), bool)
     opens, closes = np.full((T, N), np.nan), np.full((T, N), np.nan)
-    long, vol = np.zeros((T, N), bool), np.full((T, N), np.nan)
-    first_signal = []
-    for m, symbol in enumerate(symbols):
-        frame = frames[symbol]
+    rows_of = []
+    for m, frame in enumerate(frames.values()):
         rows = np.searchsorted(ms, frame["timestamp"].to_numpy())
+        rows_of.append(rows)
         has[rows, m] = True
         opens[rows, m], closes[rows, m] = frame["open"], frame["close"]
-        long[rows, m] = long_signal(frame["close"].to_numpy())
-        vol[rows, m] = trailing_std(frame["close"].to_numpy(), spec.volatility_window)
-        first_signal.append(rows[SLOW])
         last = frame["open"].iloc[0]
-        for t in range(T):  # flat bars at the last close (before the first candle: the first open)
+        for t in range(T):
             if has[t, m]:
                 last = closes[t, m]
             else:
                 opens[t, m] = closes[t, m] = last if t > rows[0] else frame["open"].iloc[0]
-    first = min(first_signal)
+    return ms, has, opens, closes, rows_of
+
+
+def reference(frames: dict[str, pd.DataFrame], spec: PortfolioSpec) -> Reference:
+    ms, has, opens, closes, rows_of = union_timeline(frames)
+    T, N = has.shape
+    long, vol = np.zeros((T, N), bool), np.full((T, N), np.nan)
+    for m, (frame, rows) in enumerate(zip(frames.values(), rows_of)):
+        long[rows, m] = long_signal(frame["close"].to_numpy())
+        vol[rows, m] = trailing_std(frame["close"].to_numpy(), spec.volatility_window)
+    first = min(rows[SLOW] for rows in rows_of)
     costs = spec.market
     cash, held = costs.cash, np.zeros(N)
     pending: list[tuple[int, float]] = []
@@ -280,10 +288,10 @@ ALWAYS_LONG = textwrap.dedent(
 )
 
 
-def gapped_candles(gap: float) -> dict[str, pd.DataFrame]:
-    """Two markets at a flat price whose second bar opens ``gap`` above the first close."""
+def gapped_candles(gap: float, symbols: tuple[str, str] = ("AAA/BTC", "BBB/BTC")) -> dict[str, pd.DataFrame]:
+    """Two markets at a flat price (2.0 and 0.5) whose second bar opens ``gap`` above the first close."""
     frames = {}
-    for symbol, price in (("AAA/BTC", 2.0), ("BBB/BTC", 0.5)):
+    for symbol, price in zip(symbols, (2.0, 0.5)):
         close = np.full(6, price)
         opens = close.copy()
         opens[1] = price * (1 + gap)

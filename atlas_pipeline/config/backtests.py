@@ -191,7 +191,53 @@ def _grid_values(name: str, value: Any) -> list[Any] | GridRange:
     raise FieldError(f"grid.{name}", value, "needs a non-empty list of values or a range {start, stop, step}")
 
 
-class BacktestSettings(BaseModel):
+class MarginSettings(BaseModel):
+    """``market_type`` and the isolated-margin settings of perpetual swaps, shared by backtests and
+    portfolios (docs/trading-model.md); a subclass has ``exchange``, ``timeframe`` and ``symbols``."""
+
+    market_type: Literal["spot", "swap"] = "spot"
+    """``swap``: perpetual swaps (``BTC/USDT:USDT``) on isolated margin (docs/trading-model.md)."""
+    leverage: float = Field(default=1.0, ge=1, le=125)
+    maintenance_margin: float = Field(default=0.004, ge=0, lt=1)
+    """Maintenance margin rate (Binance's first tier for BTCUSDT: 0.4 %)."""
+    liquidation_fee: float = Field(default=0.0125, ge=0, lt=0.1)
+    """Fee rate of a liquidation, at most the margin left (Binance: 1.25 %)."""
+
+    @model_validator(mode="after")
+    def _market_type(self) -> Any:
+        swap = self.market_type == "swap"
+        for i, symbol in enumerate(self.symbols):
+            if (":" in symbol) != swap:
+                kind = "a perpetual swap such as BTC/USDT:USDT" if swap else "a spot market (swaps need market_type: swap)"
+                raise FieldError(f"symbols[{i}]", symbol, f"is not {kind}")
+        if not swap:
+            for key in ("leverage", "maintenance_margin", "liquidation_fee"):
+                if key in self.model_fields_set:
+                    raise FieldError(key, getattr(self, key), "applies to market_type: swap only")
+            return self
+        if self.maintenance_margin >= 1 / self.leverage:
+            raise FieldError(
+                "maintenance_margin", self.maintenance_margin,
+                f"must be below 1/leverage = {1 / self.leverage:g} (else a position is liquidated as it opens)",
+            )
+        interval = FUNDING_INTERVALS.get(self.exchange)
+        if interval is None:
+            raise FieldError("market_type", "swap", f"perpetual swaps are backtested on {sorted(FUNDING_INTERVALS)} only")
+        if timeframe_ms(interval) % timeframe_ms(self.timeframe):
+            raise FieldError(
+                "timeframe", self.timeframe,
+                f"must divide {self.exchange}'s funding interval {interval}, so every funding time is a bar edge",
+            )
+        return self
+
+    def taker_fee(self) -> float:
+        """Commission per fill: every order Atlas sends is a market order, which pays taker."""
+        if self.fees.taker is not None:
+            return self.fees.taker
+        return exchange_fees(self.exchange, self.market_type)["taker"]
+
+
+class BacktestSettings(MarginSettings):
     """One named backtest: a strategy with params on one exchange's candles."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -217,13 +263,6 @@ class BacktestSettings(BaseModel):
     filters: FilterSettings = Field(default_factory=FilterSettings)
     walk_forward: WalkForwardSettings | None = None
     """Also build ``<name>/walkforward``: the grid optimized per train window, tested out of sample."""
-    market_type: Literal["spot", "swap"] = "spot"
-    """``swap``: perpetual swaps (``BTC/USDT:USDT``) on isolated margin (docs/trading-model.md)."""
-    leverage: float = Field(default=1.0, ge=1, le=125)
-    maintenance_margin: float = Field(default=0.004, ge=0, lt=1)
-    """Maintenance margin rate (Binance's first tier for BTCUSDT: 0.4 %)."""
-    liquidation_fee: float = Field(default=0.0125, ge=0, lt=0.1)
-    """Fee rate of a liquidation, at most the margin left (Binance: 1.25 %)."""
     confirm_top: int = Field(default=CONFIRM_TOP, ge=0)
     """Screened candidates (best first) rerun through backtrader besides the chosen one (research/sweep.py)."""
     overfitting: OverfittingSettings = Field(default_factory=OverfittingSettings)
@@ -253,33 +292,6 @@ class BacktestSettings(BaseModel):
         if len(set(values)) != len(values):
             raise ValueError("lists a market twice")
         return values
-
-    @model_validator(mode="after")
-    def _market_type(self) -> BacktestSettings:
-        swap = self.market_type == "swap"
-        for i, symbol in enumerate(self.symbols):
-            if (":" in symbol) != swap:
-                kind = "a perpetual swap such as BTC/USDT:USDT" if swap else "a spot market (swaps need market_type: swap)"
-                raise FieldError(f"symbols[{i}]", symbol, f"is not {kind}")
-        if not swap:
-            for key in ("leverage", "maintenance_margin", "liquidation_fee"):
-                if key in self.model_fields_set:
-                    raise FieldError(key, getattr(self, key), "applies to market_type: swap only")
-            return self
-        if self.maintenance_margin >= 1 / self.leverage:
-            raise FieldError(
-                "maintenance_margin", self.maintenance_margin,
-                f"must be below 1/leverage = {1 / self.leverage:g} (else a position is liquidated as it opens)",
-            )
-        interval = FUNDING_INTERVALS.get(self.exchange)
-        if interval is None:
-            raise FieldError("market_type", "swap", f"perpetual swaps are backtested on {sorted(FUNDING_INTERVALS)} only")
-        if timeframe_ms(interval) % timeframe_ms(self.timeframe):
-            raise FieldError(
-                "timeframe", self.timeframe,
-                f"must divide {self.exchange}'s funding interval {interval}, so every funding time is a bar edge",
-            )
-        return self
 
     @model_validator(mode="after")
     def _not_in_future(self) -> BacktestSettings:
@@ -343,12 +355,6 @@ class BacktestSettings(BaseModel):
         o = self.overfitting
         return OverfittingLimits(o.max_pbo, o.min_dsr, o.block)
 
-    def taker_fee(self) -> float:
-        """Commission per fill: every order Atlas sends is a market order, which pays taker."""
-        if self.fees.taker is not None:
-            return self.fees.taker
-        return exchange_fees(self.exchange, self.market_type)["taker"]
-
 
 def exchange_fees(exchange_id: str, market_type: str = "spot") -> dict[str, float]:
     """Maker/taker fees from ccxt's offline metadata (Binance spot: 0.1% / 0.1%; USDⓈ-M swaps:
@@ -408,6 +414,11 @@ def _check_references(path: Path, key: str, backtest: BacktestSettings, exchange
         if source.universe is None and symbol not in source.markets:  # universe members are known at run time
             raise ConfigError(
                 path, f"{key}.symbols[{i}]", symbol, f"{backtest.exchange} collects only {source.markets} (exchanges.yaml)"
+            )
+        if backtest.market_type == "swap" and symbol not in source.markets:
+            raise ConfigError(
+                path, f"{key}.symbols[{i}]", symbol,
+                f"mark prices and funding are collected only for swaps listed under {backtest.exchange}'s markets (exchanges.yaml)",
             )
     if backtest.period.start < source.history_start:
         raise ConfigError(

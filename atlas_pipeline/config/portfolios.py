@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from atlas_pipeline.config.backtests import _NAME, BACKTESTS_FILE, BacktestSettings, Fees, Period, Sizing, exchange_fees
+from atlas_pipeline.config.backtests import _NAME, BACKTESTS_FILE, BacktestSettings, Fees, MarginSettings, Period, Sizing
 from atlas_pipeline.config.backtests import _check_references as check_references
 from atlas_pipeline.config.errors import ConfigError
 from atlas_pipeline.config.exchanges import ExchangesConfig
@@ -50,8 +50,9 @@ class Rebalance(BaseModel):
         return value
 
 
-class PortfolioSettings(BaseModel):
-    """One named portfolio: a strategy's signals on several markets of one exchange entry, one account."""
+class PortfolioSettings(MarginSettings):
+    """One named portfolio: a strategy's signals on several markets of one exchange entry, one
+    account; spot, or perpetual swaps with ``market_type: swap`` (``MarginSettings``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -93,10 +94,6 @@ class PortfolioSettings(BaseModel):
         if self.max_positions is not None and self.max_positions > len(self.symbols):
             raise ValueError(f"max_positions {self.max_positions} exceeds the {len(self.symbols)} market(s) in symbols")
         return self
-
-    def taker_fee(self) -> float:
-        """Commission per fill (market orders pay taker)."""
-        return self.fees.taker if self.fees.taker is not None else exchange_fees(self.exchange)["taker"]
 
     def rebalance_every_ms(self) -> int:
         return duration_ms(self.rebalance.every)

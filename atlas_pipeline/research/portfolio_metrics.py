@@ -13,12 +13,16 @@ import math
 import numpy as np
 import pandas as pd
 
+from atlas_pipeline.research.engine.perps import margin_metrics
 from atlas_pipeline.research.engine.portfolio import PortfolioResult
 from atlas_pipeline.research.metrics import PERIODS_PER_YEAR, SECONDS_PER_DAY, compute_metrics
 
 ATTRIBUTION_COLUMNS = ("contribution_return", "contribution_drawdown", "traded_value", "fees", "trade_count")
 """Per market: P&L / first equity; loss over the max-drawdown window / equity at its peak; value
 of its fills; fees paid; closed trades."""
+SWAP_ATTRIBUTION_COLUMNS = ("funding_paid", "funding_received", "liquidations")
+"""Swap portfolios add, per market: funding paid and received (both >= 0, already in its
+contributions) and its liquidations."""
 
 
 def portfolio_metrics(result: PortfolioResult) -> dict[str, float | str]:
@@ -32,6 +36,9 @@ def portfolio_metrics(result: PortfolioResult) -> dict[str, float | str]:
     metrics["turnover"] = turnover
     metrics["annual_turnover"] = turnover / years if years > 0 else math.nan
     metrics["markets"] = float(len(result.symbols))
+    if result.funding is not None:  # a swap portfolio (docs/trading-model.md)
+        notional = (result.positions.abs() * result.closes).sum(axis=1).to_numpy(np.float64)
+        metrics.update(margin_metrics(notional, equity.to_numpy(np.float64), result.funding, result.liquidations))
     return metrics
 
 
@@ -63,4 +70,11 @@ def attribution(result: PortfolioResult) -> pd.DataFrame:
         },
         index=pd.Index(result.symbols, name="symbol"),
     )
-    return table.fillna({"traded_value": 0.0, "fees": 0.0, "trade_count": 0}).astype(float).loc[:, list(ATTRIBUTION_COLUMNS)]
+    table = table.fillna({"traded_value": 0.0, "fees": 0.0, "trade_count": 0}).astype(float).loc[:, list(ATTRIBUTION_COLUMNS)]
+    if result.funding is None:
+        return table
+    amounts = result.funding.groupby("symbol")["amount"]
+    table["funding_paid"] = -amounts.apply(lambda a: a[a < 0].sum())
+    table["funding_received"] = amounts.apply(lambda a: a[a > 0].sum())
+    table["liquidations"] = result.liquidations.groupby("symbol").size()
+    return table.fillna({c: 0.0 for c in SWAP_ATTRIBUTION_COLUMNS}).astype(float)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import dagster as dg
 
 from atlas_pipeline.config.backtests import BacktestSettings
+from atlas_pipeline.config.portfolios import PortfolioSettings
 from atlas_pipeline.config.exchanges import ExchangeSettings
 from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.funding import funding_asset_key
@@ -64,24 +65,42 @@ def walkforward_asset_key(name: str) -> dg.AssetKey:
     return dg.AssetKey([name, "walkforward"])
 
 
-def _candles_dep(settings: BacktestSettings) -> dg.AssetDep:
-    """Every day of one market's candles -> that market's partition."""
-    return dg.AssetDep(
-        ohlcv_asset_key(settings.exchange, settings.timeframe),
-        partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL),
-    )
+def market_parents(settings: BacktestSettings | PortfolioSettings) -> list[dg.AssetKey]:
+    """What a backtest (per market) or a portfolio (all its markets) reads: the candles, and for
+    perpetual swaps also the mark prices and funding (the ``research_reruns`` sensor watches the
+    same keys)."""
+    candles = ohlcv_asset_key(settings.exchange, settings.timeframe)
+    if settings.market_type != "swap":
+        return [candles]
+    return [candles, ohlcv_asset_key(settings.exchange, settings.timeframe, MARK_PRICE_CANDLES), funding_asset_key(settings.exchange)]
 
 
 def _market_deps(settings: BacktestSettings) -> list[dg.AssetDep]:
-    """The candles, and for a perp backtest also the mark prices and funding of its market."""
-    if settings.market_type != "swap":
-        return [_candles_dep(settings)]
+    """Every day of each parent's partitions of one market -> that market's partition."""
     per_market = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=SYMBOL)
-    return [
-        _candles_dep(settings),
-        dg.AssetDep(ohlcv_asset_key(settings.exchange, settings.timeframe, MARK_PRICE_CANDLES), partition_mapping=per_market),
-        dg.AssetDep(funding_asset_key(settings.exchange), partition_mapping=per_market),
-    ]
+    return [dg.AssetDep(parent, partition_mapping=per_market) for parent in market_parents(settings)]
+
+
+def funding_check_spec(key: dg.AssetKey, period: str) -> dg.AssetCheckSpec:
+    """The blocking ``funding_history`` check of a perp backtest or a swap portfolio."""
+    return dg.AssetCheckSpec(
+        FUNDING_CHECK,
+        asset=key,
+        blocking=True,
+        description=f"Every funding time of {period} has a stored funding event (never zero funding).",
+    )
+
+
+def missing_funding_result(error: MissingFundingError) -> dg.AssetCheckResult:
+    """The failed ``funding_history`` check naming the market and its missing ranges (the asset
+    then fails: nothing is materialized)."""
+    return dg.AssetCheckResult(
+        check_name=FUNDING_CHECK,
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=str(error),
+        metadata={"missing_ranges": dg.MetadataValue.json([[ms_to_iso(a), ms_to_iso(b), n] for a, b, n in error.ranges])},
+    )
 
 
 def build_backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> list[dg.AssetsDefinition]:
@@ -103,12 +122,7 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
     key = backtest_asset_key(settings.name)
     swept = f", sweeping {settings.grid} by {settings.objective.metric}" if settings.grid else ""
 
-    funding_spec = dg.AssetCheckSpec(
-        FUNDING_CHECK,
-        asset=key,
-        blocking=True,
-        description="Every funding time of the backtest's period has a stored funding event (never zero funding).",
-    )
+    funding_spec = funding_check_spec(key, "the backtest's period")
 
     @dg.asset(
         key=key,
@@ -140,14 +154,7 @@ def _backtest_assets(settings: BacktestSettings, source: ExchangeSettings) -> li
         try:
             run = _run_for_market(run_backtest, settings, symbol, context, candle_store)
         except MissingFundingError as error:
-            # The blocking check fails naming the missing ranges, and nothing is materialized.
-            yield dg.AssetCheckResult(
-                check_name=FUNDING_CHECK,
-                passed=False,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=str(error),
-                metadata={"missing_ranges": dg.MetadataValue.json([[ms_to_iso(a), ms_to_iso(b), n] for a, b, n in error.ranges])},
-            )
+            yield missing_funding_result(error)
             raise dg.Failure(description=f"{key.to_user_string()} {symbol}: {error}", allow_retries=False) from error
         result = run.result
         context.log.info(f"{settings.name} {symbol}: {result.bars:,} bars, {len(result.trades)} trades; {run.lookahead.message}")

@@ -3,10 +3,11 @@
 One tick of the ``research_reruns`` sensor (``automation.py``) is ``evaluate_tick``. Its cost follows
 the new events, never the partition count:
 
-1. **Read** the materializations of every *parent* (``<exchange>/ohlcv_<timeframe>``,
+1. **Read** the materializations of every *parent* (``<exchange>/ohlcv_<timeframe>``, and for
+   perpetual swaps ``<exchange>/markprice_<timeframe>`` and ``<exchange>/funding``,
    ``<name>/backtest``, ``<name>/metrics``) with a storage id above the cursor, in pages, and fold
-   each into (run, parent, market) -> newest storage id and time. A candle partition ``date|market``
-   counts as its market. The cursor moves past every event read here; nothing read is dropped, it
+   each into (run, parent, market) -> newest storage id and time. A partition ``date|market`` of
+   the candles, mark prices or funding counts as its market. The cursor moves past every event read here; nothing read is dropped, it
    waits in the cursor until step 2 settles it.
 2. **Settle** by run: changes wait until the run that wrote them has finished (and while another
    unfinished run wrote the same parent and market). A finished run that recorded a failed
@@ -16,9 +17,10 @@ the new events, never the partition count:
    (one per check for the run's range, the failing markets in its metadata) and a ``STEP_FAILURE``,
    and no materialization for the failing markets (what it recorded passed); a backtest whose
    ``lookahead_bias`` check fails *is* materialized, in a failed run, and must not rerun its metrics.
-3. **Decide** per child partition (``backtest``/``walkforward`` of a candle change, ``metrics`` of a
-   backtest change, the ``leaderboard`` of a metrics change, a ``portfolio`` of a candle change of
-   one of its markets):
+3. **Decide** per child partition (``backtest``/``walkforward`` of a candle change, or for a perp
+   backtest of a mark-price or funding change too, ``metrics`` of a backtest change, the
+   ``leaderboard`` of a metrics change, a ``portfolio`` of a change of the candles, or for a swap
+   portfolio the mark prices or funding, of one of its markets):
 
    - a partition nobody ever materialized is left alone: every market of an exchange is a
      partition, and only the markets a backtest was run on (UI, CLI, demo) are kept current;
@@ -53,7 +55,6 @@ import dagster as dg
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.config.exchanges import ExchangeSettings
 from atlas_pipeline.config.portfolios import PortfolioSettings
-from atlas_pipeline.defs.market_data.assets import ohlcv_asset_key
 from atlas_pipeline.defs.market_data.partitions import DATE, SYMBOL, market_keys
 from atlas_pipeline.defs.research.assets import (
     LEADERBOARD_KEY,
@@ -61,6 +62,7 @@ from atlas_pipeline.defs.research.assets import (
     metrics_asset_key,
     walkforward_asset_key,
 )
+from atlas_pipeline.defs.research.assets import market_parents
 from atlas_pipeline.defs.research.portfolios import portfolio_asset_key
 from atlas_pipeline.market_data.candles import symbol_key
 
@@ -158,28 +160,29 @@ def rerun_graph(
     exchanges: Mapping[str, ExchangeSettings],
     portfolios: Iterable[PortfolioSettings] = (),
 ) -> RerunGraph:
-    """Candles -> backtest and walk-forward, backtest -> metrics, metrics -> leaderboard (as declared
-    in ``assets.py``); candles of its markets -> portfolio (``portfolios.py``)."""
+    """Candles (and a swap's mark prices and funding) -> backtest and walk-forward, backtest ->
+    metrics, metrics -> leaderboard (as declared in ``assets.py``); the same inputs of its markets
+    -> portfolio (``portfolios.py``)."""
     children: dict[dg.AssetKey, list[dg.AssetKey]] = defaultdict(list)
     followers: dict[dg.AssetKey, tuple[dg.AssetKey, ...]] = {}
     exchange_of: dict[dg.AssetKey, str] = {}
     dated: set[dg.AssetKey] = set()
     for settings in backtests:
-        candles = ohlcv_asset_key(settings.exchange, settings.timeframe)
         backtest, metrics = backtest_asset_key(settings.name), metrics_asset_key(settings.name)
         fed = [backtest] + ([walkforward_asset_key(settings.name)] if settings.walk_forward is not None else [])
-        dated.add(candles)
-        children[candles].extend(fed)
+        for parent in market_parents(settings):
+            dated.add(parent)
+            children[parent].extend(fed)
         children[backtest].append(metrics)
         children[metrics].append(LEADERBOARD_KEY)
         followers[backtest] = (metrics,)
         exchange_of.update({key: settings.exchange for key in (*fed, metrics)})
     watches: dict[dg.AssetKey, frozenset[str]] = {}
     for portfolio in portfolios:
-        candles = ohlcv_asset_key(portfolio.exchange, portfolio.timeframe)
         key = portfolio_asset_key(portfolio.name)
-        dated.add(candles)
-        children[candles].append(key)
+        for parent in market_parents(portfolio):
+            dated.add(parent)
+            children[parent].append(key)
         watches[key] = frozenset(symbol_key(symbol) for symbol in portfolio.symbols)
     return RerunGraph(
         children={parent: tuple(keys) for parent, keys in children.items()},

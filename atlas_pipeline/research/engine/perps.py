@@ -217,14 +217,30 @@ class _BarState:
     entry: list[float] = field(default_factory=list)
 
 
-class PerpBroker(RecordingBroker):
+class MarginAccount:
+    """Broker mixin of a perp account (``PerpBroker``, ``perp_portfolio.PerpPortfolioBroker``):
+    both sides lock margin, funding is no trade's commission, and the strategy trading here is
+    remembered (from its orders) as the owner of a liquidation."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[call-arg]
+        self.p.shortcash = False  # both sides lock margin (PerpCommission.getoperationcost)
+        self.p.int2pnl = False  # funding is not a trade's commission
+        self._owner: bt.Strategy | None = None
+        """The strategy trading here (from its orders), whose position a liquidation closes."""
+
+    def notify(self, order: bt.Order) -> None:
+        if order.owner is not None:
+            self._owner = order.owner
+        super().notify(order)  # type: ignore[misc]
+
+
+class PerpBroker(MarginAccount, RecordingBroker):
     """``RecordingBroker`` with funding (via ``PerpCommission``) and liquidation every bar."""
 
     def __init__(self, spec: PerpSpec, candles: pd.DataFrame, commission: float) -> None:
         super().__init__()
         self.spec = spec
-        self.p.shortcash = False  # both sides lock margin (PerpCommission.getoperationcost)
-        self.p.int2pnl = False  # funding is not a trade's commission
         self.perp_comminfo = PerpCommission(commission=commission, leverage=spec.leverage)
         self.addcommissioninfo(self.perp_comminfo)
         stamps = candles["timestamp"].to_numpy(np.int64)
@@ -234,13 +250,6 @@ class PerpBroker(RecordingBroker):
         self.stamps = stamps
         self.state = _BarState()
         self.liquidations: list[tuple[int, str, float, float, float, float, float]] = []
-        self._owner: bt.Strategy | None = None
-        """The strategy trading here (from its orders), whose position a liquidation closes."""
-
-    def notify(self, order: bt.Order) -> None:
-        if order.owner is not None:
-            self._owner = order.owner
-        super().notify(order)
 
     def next(self) -> None:
         bt.brokers.BackBroker.next(self)  # funding, then the bar's fills
@@ -255,34 +264,51 @@ class PerpBroker(RecordingBroker):
         self.state.entry.append(entry)
 
     def _maybe_liquidate(self, data: bt.DataBase, position: bt.Position) -> None:
-        bar = len(data) - 1
-        size, entry = position.size, position.price
-        price = liquidation_price(size, entry, self.spec.leverage, self.spec.maintenance_margin)
-        if not (self.mark_low[bar] <= price if size > 0 else self.mark_high[bar] >= price):
-            return
-        owner = self._owner
-        if isinstance(owner, AtlasStrategy):
-            # now, not when notified: the strategy hears of its earlier fills of this bar first,
-            # and would move back to its old target on them
-            owner._atlas_target = FLAT
-        kind = bt.SellOrder if size > 0 else bt.BuyOrder
-        order = kind(owner=owner, data=data, size=abs(size), price=price, exectype=bt.Order.Market)
-        order.addinfo(liquidation=True)
-        self._ocoize(order, None)
-        order.submit(self)
-        order.accept(self)
-        self.notify(order)
-        self.perp_comminfo.fee_rate = min(self.spec.liquidation_fee, self.spec.maintenance_margin)
-        try:
-            self._execute(order, ago=0, price=price)
-        finally:
-            self.perp_comminfo.fee_rate = None
-        for waiting in [o for o in self.pending if o is not None and o.data is data]:
-            self.cancel(waiting)  # nothing left for them to act on (stop orders of the position, say)
-        fee = order.executed.comm
-        self.liquidations.append(
-            (int(self.stamps[bar]), "long" if size > 0 else "short", abs(size), entry, price, fee, size * (price - entry))
-        )
+        row = maybe_liquidate(self, data, position, self.spec, self.perp_comminfo, self.mark_high, self.mark_low, self._owner)
+        if row is not None:
+            self.liquidations.append(row)
+
+
+def maybe_liquidate(
+    broker: bt.brokers.BackBroker,
+    data: bt.DataBase,
+    position: bt.Position,
+    spec: PerpSpec,
+    comminfo: PerpCommission,
+    mark_high: np.ndarray,
+    mark_low: np.ndarray,
+    owner: bt.Strategy | None,
+) -> tuple[int, str, float, float, float, float, float] | None:
+    """Liquidate ``data``'s position if this bar's adverse mark extreme reaches its liquidation
+    price: an order executed through backtrader's own ``_execute`` at that price with the
+    liquidation fee; the market's waiting orders are canceled. Returns the liquidation's row
+    (``LIQUIDATION_COLUMNS``), None when the position survives the bar. A NaN mark (a bar
+    without the market's candle, in a portfolio) never liquidates."""
+    bar = len(data) - 1
+    size, entry = position.size, position.price
+    price = liquidation_price(size, entry, spec.leverage, spec.maintenance_margin)
+    if not (mark_low[bar] <= price if size > 0 else mark_high[bar] >= price):
+        return None
+    if isinstance(owner, AtlasStrategy):
+        # now, not when notified: the strategy hears of its earlier fills of this bar first,
+        # and would move back to its old target on them
+        owner._atlas_target = FLAT
+    kind = bt.SellOrder if size > 0 else bt.BuyOrder
+    order = kind(owner=owner, data=data, size=abs(size), price=price, exectype=bt.Order.Market)
+    order.addinfo(liquidation=True)
+    broker._ocoize(order, None)
+    order.submit(broker)
+    order.accept(broker)
+    broker.notify(order)
+    comminfo.fee_rate = min(spec.liquidation_fee, spec.maintenance_margin)
+    try:
+        broker._execute(order, ago=0, price=price)
+    finally:
+        comminfo.fee_rate = None
+    for waiting in [o for o in broker.pending if o is not None and o.data is data]:
+        broker.cancel(waiting)  # nothing left for them to act on (stop orders of the position, say)
+    stamp = int(comminfo.stamps[bar])
+    return stamp, "long" if size > 0 else "short", abs(size), entry, price, order.executed.comm, size * (price - entry)
 
 
 def configure(cerebro: bt.Cerebro, candles: pd.DataFrame, spec: BacktestSpec, where: str = "") -> PerpBroker:
@@ -311,26 +337,32 @@ def equity_columns(broker: PerpBroker, close: np.ndarray, first: int) -> dict[st
     return {"equity": wallet + position * (close - entry), "cash": wallet, "position": position}
 
 
-def funding_frame(broker: PerpBroker) -> pd.DataFrame:
-    frame = pd.DataFrame(broker.perp_comminfo.funding_rows, columns=list(FUNDING_COLUMNS))
+def funding_frame(rows: Sequence[tuple]) -> pd.DataFrame:
+    """``FUNDING_COLUMNS`` from ``PerpCommission.funding_rows``."""
+    frame = pd.DataFrame(list(rows), columns=list(FUNDING_COLUMNS))
     for column in ("time", "settled_time"):
         frame[column] = pd.to_datetime(frame[column].astype("int64"), unit="ms", utc=True)
     return frame.astype({c: "float64" for c in ("position", "mark_price", "rate", "amount")})
 
 
-def liquidations_frame(broker: PerpBroker) -> pd.DataFrame:
-    frame = pd.DataFrame(broker.liquidations, columns=list(LIQUIDATION_COLUMNS))
+def liquidations_frame(rows: Sequence[tuple]) -> pd.DataFrame:
+    """``LIQUIDATION_COLUMNS`` from the rows ``maybe_liquidate`` returned."""
+    frame = pd.DataFrame(list(rows), columns=list(LIQUIDATION_COLUMNS))
     frame["time"] = pd.to_datetime(frame["time"].astype("int64"), unit="ms", utc=True)
     return frame.astype({c: "float64" for c in ("size", "entry_price", "liquidation_price", "fee", "pnl")})
 
 
 def perp_metrics(equity: pd.DataFrame, close: pd.Series, funding: pd.DataFrame, liquidations: pd.DataFrame) -> dict[str, float]:
     """``funding_paid``, ``funding_received`` (both >= 0), ``liquidations``, ``max_leverage_used``."""
-    amounts = funding["amount"].to_numpy(np.float64) if len(funding) else np.empty(0)
     notional = np.abs(equity["position"].to_numpy(np.float64)) * close.to_numpy(np.float64)
-    values = equity["equity"].to_numpy(np.float64)
+    return margin_metrics(notional, equity["equity"].to_numpy(np.float64), funding, liquidations)
+
+
+def margin_metrics(notional: np.ndarray, equity: np.ndarray, funding: pd.DataFrame, liquidations: pd.DataFrame) -> dict[str, float]:
+    """``perp_metrics`` from the notional held per bar (a portfolio: summed over its markets)."""
+    amounts = funding["amount"].to_numpy(np.float64) if len(funding) else np.empty(0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        used = np.where(notional > 0, notional / values, 0.0)
+        used = np.where(notional > 0, notional / equity, 0.0)
     return {
         "funding_paid": float(-amounts[amounts < 0].sum()),
         "funding_received": float(amounts[amounts > 0].sum()),
@@ -346,8 +378,8 @@ def _iso(ms: int) -> str:
 def outputs(broker: PerpBroker, perp: PerpSpec) -> dict[str, object]:
     """The perp-only parts of a ``BacktestResult``: funding, liquidations, margin parameters."""
     return {
-        "funding": funding_frame(broker),
-        "liquidations": liquidations_frame(broker),
+        "funding": funding_frame(broker.perp_comminfo.funding_rows),
+        "liquidations": liquidations_frame(broker.liquidations),
         "parameters": {
             "market_type": "swap",
             "leverage": perp.leverage,

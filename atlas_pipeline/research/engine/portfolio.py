@@ -7,6 +7,8 @@ attribution) is written in ``docs/trading-model.md`` ("Portfolios") and pinned b
 ``atlas_pipeline_tests/test_portfolio_engine.py`` against an independent numpy loop. Fills, fees,
 slippage, the refused-order retry and the warm-up follow the single-market engine
 (``research/engine/__init__.py``), whose broker, commission and feed classes are reused here.
+A swap portfolio (``PortfolioSpec.perps``) runs the same strategy on ``perp_portfolio.py``'s broker:
+isolated margin, funding and liquidation per market, SHORT signals as negative weights.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import backtrader as bt
 import numpy as np
@@ -33,8 +35,11 @@ from atlas_pipeline.research.engine import (
     bt_timeframe,
     configure_broker,
 )
-from atlas_pipeline.research.strategy_base import AtlasStrategy
+from atlas_pipeline.research.strategy_base import LONG, SHORT, AtlasStrategy
 from atlas_pipeline.research.strategy_loader import StrategyError, load_strategy, strategy_file
+
+if TYPE_CHECKING:
+    from atlas_pipeline.research.engine.perps import PerpSpec
 
 ALLOCATIONS = ("equal", "inverse_volatility")
 
@@ -52,6 +57,9 @@ class PortfolioSpec:
     max_positions: int | None = None
     rebalance_every_ms: int = 86_400_000
     rebalance_threshold: float = 0.05
+    perps: Mapping[str, PerpSpec] | None = None
+    """Perpetual swaps (symbol -> its margin settings, mark prices and funding): a swap portfolio,
+    isolated margin per market, SHORT signals as negative weights (``perp_portfolio.py``); None: spot."""
 
     def __post_init__(self) -> None:
         if self.allocation not in ALLOCATIONS:
@@ -85,11 +93,15 @@ class PortfolioResult:
     trades: pd.DataFrame
     """``TRADE_COLUMNS`` plus ``symbol``."""
     signals: pd.DataFrame
-    """Per market and bar: True when the market signalled LONG (and had a candle)."""
+    """Per market and bar: its side, 1 LONG, -1 SHORT (swap portfolios only), 0 none or no candle."""
     has_candle: pd.DataFrame
     """Per market and bar: whether the exchange delivered a candle for it."""
     warmup_bars: int
     parameters: dict[str, Any] = field(default_factory=dict)
+    funding: pd.DataFrame | None = None
+    """Swap portfolios: ``perps.FUNDING_COLUMNS`` plus ``symbol``, one row per settled event."""
+    liquidations: pd.DataFrame | None = None
+    """Swap portfolios: ``perps.LIQUIDATION_COLUMNS`` plus ``symbol``."""
 
     @property
     def symbols(self) -> list[str]:
@@ -114,10 +126,13 @@ class _Plan:
 
     ms: np.ndarray
     has: np.ndarray
-    long: np.ndarray
+    side: np.ndarray
+    """1 LONG, -1 SHORT (swap portfolios), 0 otherwise."""
     vol: np.ndarray
     first: int
     spec: PortfolioSpec
+    leverage: np.ndarray | None = None
+    """Per market, swap portfolios only."""
 
 
 class PortfolioBroker(RecordingBroker):
@@ -142,6 +157,9 @@ class PortfolioStrategy(bt.Strategy):
         self._atlas_orders: list[bt.Order] = []
         self._atlas_refused = False
         self._atlas_period: int | None = None
+        self._atlas_out = np.zeros(len(self.datas), dtype=np.int64)
+        """Per market: the side it was liquidated on while it sits out (0: eligible)."""
+        self._atlas_seen = 0
 
     def notify_order(self, order: bt.Order) -> None:
         if order.status == order.Margin:
@@ -151,29 +169,46 @@ class PortfolioStrategy(bt.Strategy):
         plan: _Plan = self.p.plan
         spec = plan.spec
         t = len(self) - 1
+        self._sit_out(plan, t)
         if t < plan.first or t >= len(plan.ms) - 1:
             return
         self._atlas_orders = [o for o in self._atlas_orders if o.alive()]
-        held = np.array([self.broker.getposition(d).size for d in self.datas])
+        positions = [self.broker.getposition(d) for d in self.datas]
+        held = np.array([p.size for p in positions])
         if self._atlas_orders or not plan.has[t][held != 0].all():
             return
         close = np.array([d.close[0] for d in self.datas])
         cash = self.broker.get_cash()
-        target, chosen = target_weights(plan, t, held > 0)
+        target, chosen = target_weights(plan, t, held != 0, self._atlas_out != 0)
         period = int(plan.ms[t] // spec.rebalance_every_ms)
         scheduled, self._atlas_period = period != self._atlas_period, period
-        if not (scheduled or self._atlas_refused or (chosen != (held > 0)).any()):
+        if not (scheduled or self._atlas_refused or (np.sign(target) != np.sign(held)).any()):
             return
         self._atlas_refused = False
-        for m, size in rebalance_orders(spec, cash, held, close, target, chosen):
+        entry = None if plan.leverage is None else np.array([p.price if p.size else 0.0 for p in positions])
+        for m, size in rebalance_orders(spec, cash, held, close, target, chosen, entry, plan.leverage):
             data = self.datas[m]
             self._atlas_orders.append(self.buy(data, size=size) if size > 0 else self.sell(data, size=-size))
 
 
-def target_weights(plan: _Plan, t: int, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(target weight per market, selected mask) on bar ``t`` given the markets held."""
+    def _sit_out(self, plan: _Plan, t: int) -> None:
+        """A market liquidated (swap portfolios) sits out until a bar with its candle whose signal
+        is not the side it was liquidated on (docs/trading-model.md)."""
+        liquidated = getattr(self.broker, "liquidated", ())
+        for _, m, side in liquidated[self._atlas_seen :]:
+            self._atlas_out[m] = side
+        self._atlas_seen = len(liquidated)
+        back = (self._atlas_out != 0) & plan.has[t] & (plan.side[t] != self._atlas_out)
+        self._atlas_out[back] = 0
+
+
+def target_weights(plan: _Plan, t: int, held: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(signed target weight per market, selected mask) on bar ``t`` given the markets held (and
+    those sitting out after a liquidation)."""
     spec = plan.spec
-    eligible = plan.has[t] & plan.long[t]
+    eligible = plan.has[t] & (plan.side[t] != 0)
+    if out is not None:
+        eligible &= ~out
     if spec.allocation == "inverse_volatility":
         eligible &= np.isfinite(plan.vol[t]) & (plan.vol[t] > 0)
     chosen = eligible.copy()
@@ -183,51 +218,81 @@ def target_weights(plan: _Plan, t: int, held: np.ndarray) -> tuple[np.ndarray, n
         chosen[order[: spec.max_positions]] = True
     target = np.zeros(len(chosen))
     if chosen.any():
+        side = plan.side[t][chosen]
         if spec.allocation == "equal":
-            target[chosen] = spec.market.fraction / chosen.sum()
+            target[chosen] = side * spec.market.fraction / chosen.sum()
         else:
             inverse = 1.0 / plan.vol[t][chosen]
-            target[chosen] = spec.market.fraction * inverse / inverse.sum()
+            target[chosen] = side * spec.market.fraction * inverse / inverse.sum()
     return target, chosen
 
 
 def rebalance_orders(
-    spec: PortfolioSpec, cash: float, held: np.ndarray, close: np.ndarray, target: np.ndarray, chosen: np.ndarray
+    spec: PortfolioSpec,
+    cash: float,
+    held: np.ndarray,
+    close: np.ndarray,
+    target: np.ndarray,
+    chosen: np.ndarray,
+    entry: np.ndarray | None = None,
+    leverage: np.ndarray | None = None,
 ) -> list[tuple[int, float]]:
-    """(market, signed units) to send on a rebalance bar: sells first, then buys scaled to fit the
-    cash if every next open gaps against the portfolio by ``cushion``."""
-    equity = cash + float(np.sum(held * close))
-    weight = held * close / equity
-    trades: dict[int, float] = {}
+    """(market, signed units) to send on a rebalance bar: the closing orders first, then the
+    opening ones scaled to fit the cash (spot) or the available balance (swaps: ``entry`` and
+    ``leverage`` given, ``cash`` the available balance) if every next open gaps against the
+    portfolio by ``cushion`` (docs/trading-model.md, "Sizing cushion" of both portfolio kinds)."""
+    perp = entry is not None
+    lev = leverage if perp else np.ones(len(held))
+    value = np.abs(held) * entry / lev + held * (close - entry) if perp else held * close
+    equity = cash + float(np.sum(value))
+    weight = held * close / (lev * equity)
+    units = target * lev * equity / close
+    closing: list[tuple[int, float]] = []
+    opening: list[tuple[int, float]] = []
     for m in range(len(held)):
-        leaving, entering = held[m] > 0 and not chosen[m], chosen[m] and held[m] <= 0
-        if leaving:
-            trades[m] = -held[m]
-        elif entering or (chosen[m] and abs(weight[m] - target[m]) > spec.rebalance_threshold):
-            delta = target[m] * equity / close[m] - held[m]
+        q = held[m]
+        if not chosen[m]:
+            if q != 0:
+                closing.append((m, -q))  # leaving
+        elif q != 0 and np.sign(units[m]) != np.sign(q):
+            closing.append((m, -q))  # reversing: close, then open the other side
+            opening.append((m, units[m]))
+        elif q == 0 or abs(weight[m] - target[m]) > spec.rebalance_threshold:
+            delta = units[m] - q
             if delta != 0:
-                trades[m] = delta
-    sells = [(m, d) for m, d in trades.items() if d < 0]
-    buys = [(m, d) for m, d in trades.items() if d > 0]
+                (opening if q == 0 or np.sign(delta) == np.sign(q) else closing).append((m, delta))
     costs = spec.market
-    up = (1 + costs.slippage) * (1 + costs.commission) * (1 + costs.cushion)
-    down = (1 - costs.slippage) * (1 - costs.commission) * (1 - costs.cushion)
-    available = cash + sum(-d * close[m] * down for m, d in sells)
-    cost = sum(d * close[m] * up for m, d in buys)
-    scale = min(1.0, available / cost) if cost > 0 else 1.0
-    return sells + [(m, d * scale) for m, d in buys if d * scale > 0]
+    s, k, u = costs.slippage, costs.commission, costs.cushion
+    if perp:
+        def freed(m: int, d: float) -> float:  # margin back, realized pnl and fee at the worst gapped price
+            sigma = np.sign(held[m])
+            price = close[m] * (1 - s) * (1 - u) if sigma > 0 else close[m] * (1 + s) * (1 + u)
+            return abs(d) * entry[m] / lev[m] + sigma * abs(d) * (price - entry[m]) - k * abs(d) * price
+
+        def needed(m: int, d: float) -> float:  # margin and fee, at the open gapped up
+            return abs(d) * close[m] * (1 + s) * (1 + u) * (1 / lev[m] + k)
+    else:
+        up, down = (1 + s) * (1 + k) * (1 + u), (1 - s) * (1 - k) * (1 - u)
+        freed = lambda m, d: -d * close[m] * down  # noqa: E731  (sale proceeds after fees)
+        needed = lambda m, d: d * close[m] * up  # noqa: E731
+    available = cash + sum(freed(m, d) for m, d in closing)
+    cost = sum(needed(m, d) for m, d in opening)
+    scale = max(0.0, min(1.0, available / cost)) if cost > 0 else 1.0  # funding can leave a swap account short
+    return closing + [(m, d * scale) for m, d in opening if d * scale != 0]
 
 
 def market_signals(
     candles: pd.DataFrame, spec: PortfolioSpec, timeframe: str, strategies_dir: Path | None = None
 ) -> pd.Series:
-    """True on the bars where the strategy, run alone on this market, holds a LONG target (from
-    its warm-up on); empty when the market's candles are fewer than the warm-up."""
+    """The side the strategy, run alone on this market (without margin), holds after each bar
+    from its warm-up on: 1 LONG, -1 SHORT (swap portfolios; spot ones are long or flat), else 0.
+    Empty when the market's candles are fewer than the warm-up."""
     try:
         _, signals = engine.run_backtest_with_signals(candles, spec.market_spec(), timeframe, strategies_dir)
     except TooFewCandlesError:
-        return pd.Series(dtype=bool, index=pd.DatetimeIndex([], tz="UTC", name="time"))
-    return signals == "LONG"
+        return pd.Series(dtype=np.int64, index=pd.DatetimeIndex([], tz="UTC", name="time"))
+    sides = {engine._TARGET_NAMES[LONG]: 1, engine._TARGET_NAMES[SHORT]: -1 if spec.perps is not None else 0}
+    return signals.map(lambda name: sides.get(name, 0)).astype(np.int64)
 
 
 def trailing_volatility(candles: pd.DataFrame, window: int) -> pd.Series:
@@ -265,32 +330,43 @@ def run_portfolio(
     ms = np.unique(np.concatenate([f["timestamp"].to_numpy(np.int64) for f in frames.values()]))
     times = engine._times(ms)
     has = np.zeros((len(ms), len(symbols)), dtype=bool)
-    long = np.zeros_like(has)
+    rows = {symbol: np.searchsorted(ms, frames[symbol]["timestamp"].to_numpy(np.int64)) for symbol in symbols}
+    for m, symbol in enumerate(symbols):
+        has[rows[symbol], m] = True
+    perp_markets = None
+    if spec.perps is not None:
+        from atlas_pipeline.research.engine import perp_portfolio
+
+        perp_markets = perp_portfolio.perp_markets(frames, rows, ms, spec)  # fails before any run
+    side = np.zeros(has.shape, dtype=np.int64)
     vol = np.full(has.shape, np.nan)
     feeds, signal_series = [], []
     for m, symbol in enumerate(symbols):
         frame = frames[symbol]
-        rows = np.searchsorted(ms, frame["timestamp"].to_numpy(np.int64))
-        has[rows, m] = True
         try:
             signals = market_signals(frame, spec, timeframe, strategies_dir)
         except StrategyError as error:
             raise StrategyError(error.strategy, f"on {symbol}: {error.detail}") from error
         signal_series.append(signals)
-        long[:, m] = signals.reindex(times, fill_value=False).to_numpy(bool) & has[:, m]
+        side[:, m] = signals.reindex(times, fill_value=0).to_numpy(np.int64) * has[:, m]
         vol[:, m] = trailing_volatility(frame, spec.volatility_window).reindex(times).to_numpy()
-        feeds.append(_aligned(frame, ms, rows))
+        feeds.append(_aligned(frame, ms, rows[symbol]))
     starts = [np.searchsorted(ms, _ms(signals.index[0])) for signals in signal_series if len(signals)]
     if not starts:
         raise TooFewCandlesError(f"no market has more candles than strategy {strategy!r}'s warm-up")
-    plan = _Plan(ms=ms, has=has, long=long, vol=vol, first=int(min(starts)), spec=spec)
+    leverage = None if perp_markets is None else np.array([market.spec.leverage for market in perp_markets])
+    plan = _Plan(ms=ms, has=has, side=side, vol=vol, first=int(min(starts)), spec=spec, leverage=leverage)
 
     tf, compression = bt_timeframe(timeframe)
     cerebro = bt.Cerebro(**CEREBRO_OPTIONS)
-    broker = configure_broker(cerebro, PortfolioBroker(has, {}), spec.market)
-    broker.addcommissioninfo(PercentCommission(commission=spec.market.commission))
+    if perp_markets is None:
+        broker = configure_broker(cerebro, PortfolioBroker(has, {}), spec.market)
+        broker.addcommissioninfo(PercentCommission(commission=spec.market.commission))
+    else:
+        broker = configure_broker(cerebro, perp_portfolio.PerpPortfolioBroker(has, perp_markets), spec.market)
     datas = [cerebro.adddata(FEED(dataname=feed, timeframe=tf, compression=compression), name=s) for s, feed in zip(symbols, feeds)]
     broker._column = {id(data): m for m, data in enumerate(datas)}
+    broker._datas = datas
     cerebro.addstrategy(PortfolioStrategy, plan=plan)
     (strategy,) = cerebro.run()
     return _result(symbols, feeds, plan, broker, strategy, datas)
@@ -327,31 +403,41 @@ def _result(
     bars = np.arange(first, len(ms))
     index = engine._times(ms[first:])
     column = {id(data): m for m, data in enumerate(datas)}
-    fill_bars = np.array([f.bar for f in broker.fills], dtype=np.int64)
-    last = np.searchsorted(fill_bars, bars, side="right") - 1
-    cash = np.append(np.array([f.cash for f in broker.fills]), spec.market.cash)[last]
-    positions = np.zeros((len(bars), len(symbols)))
-    for m in range(len(symbols)):
-        own = [f for f in broker.fills if column[id(broker.sent[f.ref].data)] == m]
-        at = np.searchsorted(np.array([f.bar for f in own], dtype=np.int64), bars, side="right") - 1
-        positions[:, m] = np.append(np.array([f.position for f in own]), 0.0)[at]
     closes = np.column_stack([feed["close"].to_numpy(np.float64)[first:] for feed in feeds])
-    equity = cash + (positions * closes).sum(axis=1)
+    perp = spec.perps is not None
+    if perp:
+        from atlas_pipeline.research.engine import perp_portfolio
+
+        columns, positions = perp_portfolio.equity_columns(broker, closes, first)
+    else:
+        fill_bars = np.array([f.bar for f in broker.fills], dtype=np.int64)
+        last = np.searchsorted(fill_bars, bars, side="right") - 1
+        cash = np.append(np.array([f.cash for f in broker.fills]), spec.market.cash)[last]
+        positions = np.zeros((len(bars), len(symbols)))
+        for m in range(len(symbols)):
+            own = [f for f in broker.fills if column[id(broker.sent[f.ref].data)] == m]
+            at = np.searchsorted(np.array([f.bar for f in own], dtype=np.int64), bars, side="right") - 1
+            positions[:, m] = np.append(np.array([f.position for f in own]), 0.0)[at]
+        columns = {"equity": cash + (positions * closes).sum(axis=1), "cash": cash}
     orders = engine._orders(broker, ms)
     orders.insert(0, "symbol", [symbols[column[id(order.data)]] for order in broker.sent.values()])
     frame = lambda values: pd.DataFrame(values, index=index, columns=list(symbols))  # noqa: E731
+    pnl = _cumulative_pnl(orders, symbols, index) + positions * closes
+    extra: dict[str, Any] = {}
+    if perp:
+        extra = perp_portfolio.outputs(broker, symbols)
+        pnl += perp_portfolio.cumulative_funding(extra["funding"], symbols, index)
     return PortfolioResult(
         equity=pd.DataFrame(
-            {"equity": equity, "cash": cash, "in_market": (positions != 0).any(axis=1),
-             "positions": (positions != 0).sum(axis=1)},
+            {**columns, "in_market": (positions != 0).any(axis=1), "positions": (positions != 0).sum(axis=1)},
             index=index,
         ),
         positions=frame(positions),
         closes=frame(closes),
-        pnl=frame(_cumulative_pnl(orders, symbols, index) + positions * closes),
+        pnl=frame(pnl),
         orders=orders,
         trades=_trades(strategy, datas, symbols, ms, broker.exit_reasons),
-        signals=frame(plan.long[first:]),
+        signals=frame(plan.side[first:]),
         has_candle=frame(plan.has[first:]),
         warmup_bars=first,
         parameters={
@@ -361,7 +447,9 @@ def _result(
             **{k: getattr(spec, k) for k in (
                 "allocation", "volatility_window", "max_positions", "rebalance_every_ms", "rebalance_threshold",
             )},
+            **extra.pop("parameters", {}),
         },
+        **extra,
     )
 
 
