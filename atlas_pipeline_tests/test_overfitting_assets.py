@@ -24,6 +24,7 @@ from atlas_pipeline_tests.test_research_assets import (  # noqa: F401 - setup is
     SWEPT,
     check_evaluations,
     materialize_research,
+    candles_template,
     setup,
     write_backtests,
 )

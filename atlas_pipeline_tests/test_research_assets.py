@@ -3,6 +3,7 @@ check, and reruns on new candles."""
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 from dataclasses import replace
@@ -24,7 +25,7 @@ from atlas_pipeline.defs.research.assets import (
     metrics_asset_key,
     walkforward_asset_key,
 )
-from atlas_pipeline.market_data.emulator import FileCandleSource
+from atlas_pipeline.market_data.emulator import EmulatorServer, FileCandleSource
 from atlas_pipeline.market_data.store import CandleStore
 from atlas_pipeline.research.engine import run_backtest as engine_run_backtest
 from atlas_pipeline.research.result_store import ResultStore
@@ -53,18 +54,33 @@ SMA_SETTINGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def candles_template(tmp_path_factory: pytest.TempPathFactory):
+    """Built once per module, copied by ``setup``: an emulator (alive for the module), its config
+    with one backtest, and the candles of two markets materialized through the OHLCV asset into a
+    store and a SQLite Dagster instance."""
+    root = tmp_path_factory.mktemp("research_template")
+    server = EmulatorServer(FileCandleSource(SHARED_CANDLES)).start()
+    try:
+        config_dir = write_exchange_config(root / "config", server.base_url)
+        write_backtests(config_dir, {SMA: SMA_SETTINGS})
+        (root / "dagster_home").mkdir()
+        with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
+            for symbol in ("ETH/BTC", "ADA/BTC"):
+                [run] = run_range(config_dir, root / "store", instance, [symbol], D(2018, 1, 10), D(2018, 1, 30))
+                assert run.success, run.failure_reason()
+        yield root
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def setup(tmp_path: Path, emulator_factory):
-    """Candles of two markets materialized through the OHLCV asset, and a config with one backtest."""
-    server = emulator_factory(FileCandleSource(SHARED_CANDLES))
-    config_dir = write_exchange_config(tmp_path / "config", server.base_url)
-    write_backtests(config_dir, {SMA: SMA_SETTINGS})
-    store_root = tmp_path / "store"
-    with dg.instance_for_test() as instance:
-        for symbol in ("ETH/BTC", "ADA/BTC"):
-            [run] = run_range(config_dir, store_root, instance, [symbol], D(2018, 1, 10), D(2018, 1, 30))
-            assert run.success, run.failure_reason()
-        yield config_dir, store_root, instance
+def setup(tmp_path: Path, candles_template: Path):
+    """A copy of ``candles_template`` of this test's own: config, store and instance."""
+    for part in ("config", "store", "dagster_home"):
+        shutil.copytree(candles_template / part, tmp_path / part)
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        yield tmp_path / "config", tmp_path / "store", instance
 
 
 def materialize_research(defs: dg.Definitions, instance, name: str, partition: str) -> dg.ExecuteInProcessResult:

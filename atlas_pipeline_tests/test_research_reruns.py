@@ -33,6 +33,7 @@ from atlas_pipeline_tests.test_research_assets import (  # noqa: F401  (setup is
     materialize_research,
     requested,
     sensor_tick,
+    candles_template,
     setup,
     write_backtests,
 )
