@@ -53,3 +53,21 @@ def _atlas_home_outside_the_users(tmp_path_factory: pytest.TempPathFactory):
         yield
     finally:
         os.environ.pop("ATLAS_HOME", None)
+
+
+SLOWEST_FILES_FIRST = (
+    "test_e2e_dagster_dev.py",
+    "test_daily_use.py",
+    "test_data_trust.py",
+    "test_run_hygiene.py",
+    "test_cli.py",
+    "test_research_reruns.py",
+    "test_research_assets.py",
+)
+"""The longest test files (minutes each, ``--durations``), handed to the xdist workers first: with
+one file per worker (``--dist loadfile``), a long file started last would run on alone at the end."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
