@@ -5,13 +5,11 @@ candles fetched through ccxt from the emulator, and reruns by the ``research_rer
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
 from dagster._core.test_utils import create_run_for_test
-import pandas as pd
 import pytest
 import yaml
 

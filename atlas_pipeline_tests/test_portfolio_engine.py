@@ -221,7 +221,7 @@ def test_weights_are_honoured_within_one_bars_drift(case) -> None:
     decision prices (traded ones exactly, or between scale x target and target when the buys were scaled to fit the cash; untraded ones within the
     threshold), and at the fill bar's close within what one bar's price moves and costs explain."""
     spec, result, ref = case
-    weights, closes, equity = result.weights, result.closes, result.equity["equity"]
+    weights, closes = result.weights, result.closes
     checked = 0
     for decision in ref.decisions:
         row = decision["bar"] - ref.first + 1

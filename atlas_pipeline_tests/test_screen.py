@@ -5,7 +5,6 @@ backtrader throughout, and so are candidates with protective exits."""
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np

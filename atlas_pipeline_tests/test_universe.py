@@ -20,7 +20,7 @@ from atlas_pipeline.defs.definitions import build_definitions
 from atlas_pipeline.defs.exchange_metadata import exchange_metadata_asset_key
 from atlas_pipeline.defs.market_data.partitions import market_keys
 from atlas_pipeline.market_data.candles import day_start_ms
-from atlas_pipeline.market_data.emulator import EmulatorServer, SyntheticCandleSource
+from atlas_pipeline.market_data.emulator import SyntheticCandleSource
 from atlas_pipeline.market_data.exchange_metadata import INACTIVE, LEFT_UNIVERSE, METADATA_FILE, read_metadata
 from atlas_pipeline_tests.support import assert_frames_equal, run_range, write_exchange_config
 
