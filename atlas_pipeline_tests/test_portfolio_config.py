@@ -73,6 +73,8 @@ def test_defaults_and_both_sections_in_one_file(tmp_path: Path) -> None:
         ({"rebalance": {"treshold": 0.1}}, "portfolios.basket.rebalance.treshold", "0.1", "unknown key"),
         ({"sizing": {"fraction": 0}}, "portfolios.basket.sizing.fraction", "0", "greater than 0"),
         ({"period": {"start": "2017-01-01"}}, "portfolios.basket.period.start", "2017-01-01", "before binance's history_start"),
+        ({"period": {"start": "2099-01-01"}}, "portfolios.basket.period.start", "2099-01-01", "is in the future"),
+        ({"strategy": "sma-crossover"}, "portfolios.basket.strategy", "'sma-crossover'", "must be a module name"),
     ],
 )
 def test_bad_settings_name_file_portfolio_key_and_value(tmp_path: Path, change: dict, key: str, value: str, reason: str) -> None:

@@ -191,10 +191,22 @@ def _grid_values(name: str, value: Any) -> list[Any] | GridRange:
     raise FieldError(f"grid.{name}", value, "needs a non-empty list of values or a range {start, stop, step}")
 
 
-class MarginSettings(BaseModel):
-    """``market_type`` and the isolated-margin settings of perpetual swaps, shared by backtests and
-    portfolios (docs/trading-model.md); a subclass has ``exchange``, ``timeframe`` and ``symbols``."""
+class RunSettings(BaseModel):
+    """What a backtest and a portfolio share: the strategy, its markets and period, the account (cash,
+    sizing, costs) and, for perpetual swaps, isolated margin (docs/trading-model.md). The subclasses
+    add ``name`` (their asset keys) and what only they have."""
 
+    strategy: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    exchange: str
+    timeframe: str
+    symbols: list[str] = Field(min_length=1)
+    """The markets traded (a backtest: each on its own; a portfolio: together, on one account)."""
+    period: Period
+    cash: float = Field(default=10_000.0, gt=0)
+    sizing: Sizing = Field(default_factory=Sizing)
+    fees: Fees = Field(default_factory=Fees)
+    slippage: float = Field(default=0.0, ge=0, lt=0.1)
     market_type: Literal["spot", "swap"] = "spot"
     """``swap``: perpetual swaps (``BTC/USDT:USDT``) on isolated margin (docs/trading-model.md)."""
     leverage: float = Field(default=1.0, ge=1, le=125)
@@ -202,6 +214,34 @@ class MarginSettings(BaseModel):
     """Maintenance margin rate (Binance's first tier for BTCUSDT: 0.4 %)."""
     liquidation_fee: float = Field(default=0.0125, ge=0, lt=0.1)
     """Fee rate of a liquidation, at most the margin left (Binance: 1.25 %)."""
+
+    @field_validator("strategy")
+    @classmethod
+    def _module_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            raise ValueError("must be a module name in the strategies folder, e.g. sma_crossover")
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("lists a market twice")
+        return values
+
+    @model_validator(mode="after")
+    def _not_in_future(self) -> Any:
+        tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+        if self.period.start >= tomorrow:
+            raise FieldError(
+                "period.start", self.period.start.isoformat(), f"is in the future (today is {tomorrow - dt.timedelta(days=1)} UTC)"
+            )
+        if self.period.end is not None and self.period.end > tomorrow:
+            raise FieldError(
+                "period.end", self.period.end.isoformat(),
+                f"is in the future: at most {tomorrow} (exclusive), or leave end out to run through the newest candle",
+            )
+        return self
 
     @model_validator(mode="after")
     def _market_type(self) -> Any:
@@ -237,23 +277,12 @@ class MarginSettings(BaseModel):
         return exchange_fees(self.exchange, self.market_type)["taker"]
 
 
-class BacktestSettings(MarginSettings):
+class BacktestSettings(RunSettings):
     """One named backtest: a strategy with params on one exchange's candles."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    strategy: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    exchange: str
-    timeframe: str
-    symbols: list[str] = Field(min_length=1)
-    """The markets this backtest is run and kept current on (default: all of the exchange entry's)."""
-    period: Period
-    cash: float = Field(default=10_000.0, gt=0)
-    sizing: Sizing = Field(default_factory=Sizing)
-    fees: Fees = Field(default_factory=Fees)
-    slippage: float = Field(default=0.0, ge=0, lt=0.1)
     exits: ExitSettings = Field(default_factory=ExitSettings)
     """Protective exits every position gets (docs/trading-model.md)."""
     grid: dict[str, Any] | None = None
@@ -278,34 +307,6 @@ class BacktestSettings(MarginSettings):
     @classmethod
     def _grid(cls, value: dict[str, Any] | None) -> dict[str, list[Any] | GridRange] | None:
         return None if value is None else {name: _grid_values(name, values) for name, values in value.items()}
-
-    @field_validator("strategy")
-    @classmethod
-    def _module_name(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
-            raise ValueError("must be a module name in the strategies folder, e.g. sma_crossover")
-        return value
-
-    @field_validator("symbols")
-    @classmethod
-    def _unique(cls, values: list[str]) -> list[str]:
-        if len(set(values)) != len(values):
-            raise ValueError("lists a market twice")
-        return values
-
-    @model_validator(mode="after")
-    def _not_in_future(self) -> BacktestSettings:
-        tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
-        if self.period.start >= tomorrow:
-            raise FieldError(
-                "period.start", self.period.start.isoformat(), f"is in the future (today is {tomorrow - dt.timedelta(days=1)} UTC)"
-            )
-        if self.period.end is not None and self.period.end > tomorrow:
-            raise FieldError(
-                "period.end", self.period.end.isoformat(),
-                f"is in the future: at most {tomorrow} (exclusive), or leave end out to run through the newest candle",
-            )
-        return self
 
     @model_validator(mode="after")
     def _sweep_settings(self) -> BacktestSettings:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from atlas_pipeline.config.backtests import _NAME, BACKTESTS_FILE, BacktestSettings, Fees, MarginSettings, Period, Sizing
+from atlas_pipeline.config.backtests import _NAME, BACKTESTS_FILE, RunSettings
 from atlas_pipeline.config.backtests import _check_references as check_references
 from atlas_pipeline.config.errors import ConfigError
 from atlas_pipeline.config.exchanges import ExchangesConfig
@@ -50,24 +50,14 @@ class Rebalance(BaseModel):
         return value
 
 
-class PortfolioSettings(MarginSettings):
+class PortfolioSettings(RunSettings):
     """One named portfolio: a strategy's signals on several markets of one exchange entry, one
-    account; spot, or perpetual swaps with ``market_type: swap`` (``MarginSettings``)."""
+    account; spot, or perpetual swaps with ``market_type: swap`` (``RunSettings``). Its
+    ``sizing.fraction`` is the sum of the target weights."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    strategy: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    exchange: str
-    timeframe: str
-    symbols: list[str] = Field(min_length=1)
-    period: Period
-    cash: float = Field(default=10_000.0, gt=0)
-    sizing: Sizing = Field(default_factory=Sizing)
-    """``fraction``: the sum of the target weights."""
-    fees: Fees = Field(default_factory=Fees)
-    slippage: float = Field(default=0.0, ge=0, lt=0.1)
     allocation: Literal["equal", "inverse_volatility"] = "equal"
     volatility_window: int | None = Field(default=None, ge=2)
     """Bars of returns in ``inverse_volatility``'s trailing volatility (required there)."""
@@ -80,10 +70,6 @@ class PortfolioSettings(MarginSettings):
         if not _NAME.match(value):
             raise ValueError("must be lower_snake_case (it becomes the asset key <name>/portfolio)")
         return value
-
-    # the same checks as a backtest's strategy and symbols
-    _module_name = field_validator("strategy")(BacktestSettings._module_name.__func__)
-    _unique = field_validator("symbols")(BacktestSettings._unique.__func__)
 
     @model_validator(mode="after")
     def _consistent(self) -> PortfolioSettings:
