@@ -40,8 +40,8 @@ from atlas_pipeline.market_data.candles import (
     timeframe_ms,
 )
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeRequestError, Logger
-from atlas_pipeline.market_data.sources.binance_archive import ArchiveError, BinanceArchive
 from atlas_pipeline.market_data.ingest import DayReport, IngestReport, IngestRequestFailed, exchange_wide_failure
+from atlas_pipeline.market_data.sources.binance_archive import ArchiveError, BinanceArchive
 from atlas_pipeline.market_data.store import FUNDING_RATES, CandleStore
 from atlas_pipeline.market_data.validation import CheckOutcome, row_check, run_checks
 
