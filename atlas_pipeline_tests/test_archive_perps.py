@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import io
 import zipfile
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -25,7 +24,7 @@ import yaml
 from atlas_pipeline.defs.definitions import build_definitions
 from atlas_pipeline.defs.market_data.launch import partition_range_tags
 from atlas_pipeline.market_data.candles import day_of_ms, day_start_ms, days_between
-from atlas_pipeline.market_data.emulator import EmulatorServer, SyntheticCandleSource
+from atlas_pipeline.market_data.emulator import EmulatorServer
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
 from atlas_pipeline.market_data.funding import ingest_funding
 from atlas_pipeline.market_data.ingest import IngestRequestFailed, ingest_days
@@ -39,23 +38,11 @@ from atlas_pipeline.market_data.sources.binance_archive import (
 )
 from atlas_pipeline.market_data.store import CANDLES, FUNDING_RATES, MARK_PRICE_CANDLES, CandleStore
 
-SWAP, MARKET_ID, KEY = "BTC/USDT:USDT", "BTCUSDT", "BTC-USDT_USDT"
-LISTED = "2024-11-20"
+# the spot archive tests' emulator (module-scoped: one per module) and their per-test reset
+from atlas_pipeline_tests.test_binance_archive import LISTED, MARKET_ID, _clean, emulator, store_bytes  # noqa: F401
+
+SWAP, KEY = "BTC/USDT:USDT", "BTC-USDT_USDT"
 EIGHT_HOURS = 8 * 3_600_000
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    """One emulator for the module (wall clock: ingest's 'now' is ccxt's clock)."""
-    with EmulatorServer(SyntheticCandleSource(17, markets={"BTC/USDT": LISTED})) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _clean(emulator):
-    yield
-    emulator.clear_faults()
-    emulator.archive.missing.clear()
 
 
 def client_for(emulator: EmulatorServer, price: str | None = None) -> ExchangeClient:
@@ -84,10 +71,6 @@ def download(emulator: EmulatorServer, path: str) -> tuple[bytes, str]:
     published = requests.get(f"{emulator.base_url}/data/{path}.CHECKSUM", timeout=5).text.split()
     assert published == [hashlib.sha256(body).hexdigest(), path.rsplit("/", 1)[-1]]
     return body, published[0]
-
-
-def store_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def month_after(day: dt.date) -> dt.date:

@@ -163,7 +163,10 @@ def ingest_funding(
         sources.update(got.sources)
         to_fetch = got.rest_days
         report.archive_files, report.archive_candles = got.files, got.candles
-        log.info(f"{exchange} {symbol} funding: {got.files} archive files verified, {got.candles:,} events ({len(got.frames)} days); {len(to_fetch)} days from REST")
+        log.info(
+            f"{exchange} {symbol} funding: {got.files} archive files verified, {got.candles:,} events "
+            f"({len(got.frames)} days); {len(to_fetch)} days from REST"
+        )
     for first, end in consecutive_ranges(to_fetch):
         try:
             result = client.fetch_funding(symbol, day_start_ms(first), min(day_start_ms(end), now + 1))
