@@ -1,9 +1,12 @@
 """Which of the days an ingest must fetch come from the exchange's public archive, and fetching them.
 
-For the whole days an ingest fetches (not the delta of a partial day):
+The same plan serves every kind of file the archive has (``archive.kind``: trade candles,
+mark-price candles, funding events). For the whole days an ingest fetches (not the delta of a
+partial day):
 1. a closed month with at least ``MONTHLY_MIN_DAYS`` of those days comes from its monthly file;
 2. the other closed days (and those of a month whose monthly file is not published) from daily
-   files;
+   files (funding has monthly files only: every closed month comes from its monthly file, whatever
+   the number of days wanted, and there is no step 2);
 3. the rest through REST (ccxt): the days not closed yet (the tail the archive lacks), and every
    day whose file the archive answers 404 for.
 The files of one step are fetched a few at a time (``BinanceArchive.fetch_all``). A file is used
@@ -24,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from atlas_pipeline.market_data.candles import DAY_MS, day_start_ms, empty_candles, split_by_day
-from atlas_pipeline.market_data.sources.binance_archive import ArchiveFile, ArchiveMissing, BinanceArchive, file_path
+from atlas_pipeline.market_data.candles import DAY_MS, day_start_ms, split_by_day
+from atlas_pipeline.market_data.sources.binance_archive import ArchiveFile, ArchiveMissing, BinanceArchive, file_path, has_daily_files
 
 MONTHLY_MIN_DAYS = 4
 """Fewer wanted days of a month than this come from daily files (a month file is ~30 days' bytes)."""
@@ -47,14 +50,16 @@ class ArchiveFetch:
 def fetch_from_archive(
     archive: BinanceArchive, market_id: str, timeframe: str, days: list[dt.date], closed_before: int, log: Any
 ) -> ArchiveFetch:
-    """The archive's part of fetching whole ``days`` (sorted); see the module docstring."""
+    """The archive's part of fetching whole ``days`` (sorted); see the module docstring.
+    ``timeframe``: the candles' (unused for funding files, which have none)."""
     result = ArchiveFetch()
+    daily_files = has_daily_files(archive.kind)
     months: dict[str, list[dt.date]] = {}
     daily: list[dt.date] = []
     for (year, month), group in itertools.groupby(days, key=lambda d: (d.year, d.month)):
         wanted = list(group)
         month_end = day_start_ms(dt.date(year + month // 12, month % 12 + 1, 1))
-        if month_end <= closed_before and len(wanted) >= MONTHLY_MIN_DAYS:
+        if month_end <= closed_before and (len(wanted) >= MONTHLY_MIN_DAYS or not daily_files):
             months[f"{year:04d}-{month:02d}"] = wanted
         else:
             daily += wanted
@@ -64,7 +69,7 @@ def fetch_from_archive(
         else:
             _take(result, got, months[period])
     daily.sort()
-    closed = [day for day in daily if day_start_ms(day) + DAY_MS <= closed_before]
+    closed = [day for day in daily if day_start_ms(day) + DAY_MS <= closed_before] if daily_files else []
     for period, got in _fetch(archive, result, market_id, timeframe, [day.isoformat() for day in closed], log):
         if got is not None:
             _take(result, got, [dt.date.fromisoformat(period)])
@@ -77,7 +82,7 @@ def _fetch(
 ) -> list[tuple[str, ArchiveFile | None]]:
     """The periods' files (None: not published), fetched a few at a time; counted in ``result``."""
     started = time.perf_counter()
-    answers = archive.fetch_all([file_path(archive.market, market_id, timeframe, period) for period in periods])
+    answers = archive.fetch_all([file_path(archive.market, market_id, timeframe, period, archive.kind) for period in periods])
     result.seconds += time.perf_counter() - started
     found: list[tuple[str, ArchiveFile | None]] = []
     for period, answer in zip(periods, answers):
@@ -94,5 +99,5 @@ def _fetch(
 def _take(result: ArchiveFetch, file: ArchiveFile, days: list[dt.date]) -> None:
     by_day = split_by_day(file.candles)
     for day in days:
-        result.frames[day] = by_day.get(day, empty_candles())
+        result.frames[day] = by_day.get(day, file.candles.iloc[:0])
         result.sources[day] = file.provenance

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,6 +80,12 @@ def consecutive_ranges(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
         else:
             ranges.append((day, day + dt.timedelta(days=1)))
     return ranges
+
+
+def round_to_second(stamps: Any) -> Any:
+    """Funding times rounded to the second: Binance stamps some events (over REST and in its
+    archive files) a few ms after the grid time."""
+    return (stamps + 500) // 1000 * 1000
 
 
 def empty_candles() -> pd.DataFrame:

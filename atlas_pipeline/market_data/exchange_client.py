@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import ccxt
 import pandas as pd
 
-from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, empty_candles, normalize_candles, timeframe_ms
+from atlas_pipeline.market_data.candles import CANDLE_COLUMNS, empty_candles, normalize_candles, round_to_second, timeframe_ms
 from atlas_pipeline.market_data.sources import CcxtRest, OhlcvFetcher, PagingError, rest_for
 from atlas_pipeline.market_data.sources.ccxt_rest import iso
 
@@ -284,7 +284,7 @@ class ExchangeClient:
                 raise ExchangeRequestError(f"{self.connection.exchange_id} {symbol}: asked for funding since {iso(since)}, got older events")
             since = max(stamps) + 1
         frame = pd.DataFrame(rows, columns=["timestamp", "rate"]).astype({"timestamp": "int64", "rate": "float64"})
-        frame["timestamp"] = (frame["timestamp"] + 500) // 1000 * 1000
+        frame["timestamp"] = round_to_second(frame["timestamp"])
         frame = frame[(frame["timestamp"] >= start_ms) & (frame["timestamp"] < end_ms)]
         frame = frame.drop_duplicates("timestamp", keep="last").sort_values("timestamp", kind="stable").reset_index(drop=True)
         return FetchResult(frame, self._counters.requests - before.requests, self._counters.retries - before.retries)

@@ -12,6 +12,12 @@ of a period that lacks them fails its own blocking check instead, naming the ran
 
 A day is complete once it has ended; days before the market's listing (ccxt ``created``,
 Binance's ``onboardDate``) are stored empty and complete without a request.
+
+Sources: with an archive (``history_source: archive``), the days of closed months come from the
+exchange's checksummed monthly ``fundingRate`` files (``archive_plan``), the rest (the month not
+published yet, a month the archive answers 404 for) through ccxt. Every stored day records its
+source (``rest`` or ``archive:<path>#<sha256>``) in the store's footer, as candles do; the
+blocking checks are the same whatever the source.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from atlas_pipeline.market_data.archive_plan import REST, fetch_from_archive
 from atlas_pipeline.market_data.candles import (
     DAY_MS,
     consecutive_ranges,
@@ -34,6 +41,7 @@ from atlas_pipeline.market_data.candles import (
 )
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeRequestError, Logger
 from atlas_pipeline.market_data.ingest import DayReport, IngestReport, IngestRequestFailed, exchange_wide_failure
+from atlas_pipeline.market_data.sources.binance_archive import ArchiveError, BinanceArchive
 from atlas_pipeline.market_data.store import FUNDING_RATES, CandleStore
 from atlas_pipeline.market_data.validation import CheckOutcome, row_check, run_checks
 
@@ -107,11 +115,13 @@ def ingest_funding(
     *,
     full_refresh: bool = False,
     log: Logger | None = None,
+    archive: BinanceArchive | None = None,
 ) -> IngestReport:
     """Fetch, validate and store the funding events of ``days`` of one swap (module docstring).
 
     ``store`` is a ``CandleStore`` of the ``FUNDING_RATES`` dataset. Nothing is written unless
-    every blocking check passes; a request that fails for good raises ``IngestRequestFailed``."""
+    every blocking check passes; a request or archive file that fails for good raises
+    ``IngestRequestFailed``. ``archive``: the exchange's public archive (None: REST only)."""
     log = log or client.log
     exchange = client.connection.exchange_id
     interval = funding_interval(exchange)
@@ -122,7 +132,8 @@ def ingest_funding(
     now = client.now_ms()
     try:
         client.check_market(symbol)
-        created = client.load_markets()[symbol].get("created")
+        market = client.load_markets()[symbol]
+        created = market.get("created")
     except ExchangeRequestError as error:
         report.error, report.failed_from = str(error), wanted[0]
         raise IngestRequestFailed(report, exchange_wide_failure(client, error)) from error
@@ -139,6 +150,23 @@ def ingest_funding(
             frames[day] = empty_funding()
         else:
             to_fetch.append(day)
+    sources: dict[dt.date, str] = {}
+    source = archive.for_market(market) if archive is not None and to_fetch else None
+    if source is not None:
+        try:
+            got = fetch_from_archive(source, market["id"], interval, to_fetch, now + 1, log)
+        except ArchiveError as error:
+            report.error, report.failed_from = str(error), to_fetch[0]
+            log.warning(report.failure_summary())
+            raise IngestRequestFailed(report, exchange_wide_failure(client, error)) from error
+        frames.update(got.frames)
+        sources.update(got.sources)
+        to_fetch = got.rest_days
+        report.archive_files, report.archive_candles = got.files, got.candles
+        log.info(
+            f"{exchange} {symbol} funding: {got.files} archive files verified, {got.candles:,} events "
+            f"({len(got.frames)} days); {len(to_fetch)} days from REST"
+        )
     for first, end in consecutive_ranges(to_fetch):
         try:
             result = client.fetch_funding(symbol, day_start_ms(first), min(day_start_ms(end), now + 1))
@@ -165,13 +193,17 @@ def ingest_funding(
         stamps = day_frame["timestamp"] if day_frame is not None and len(day_frame) else None
         report.days.append(
             DayReport(day, day_rows, missing[day], complete[day], day in frames,
-                      int(stamps.iloc[0]) if stamps is not None else None, int(stamps.iloc[-1]) if stamps is not None else None)
+                      int(stamps.iloc[0]) if stamps is not None else None, int(stamps.iloc[-1]) if stamps is not None else None,
+                      sources.get(day, REST) if day in frames else None)
         )
     if not report.passed:
         report.failed_from = wanted[0]
         log.warning(report.failure_summary())
     elif frames:
-        store.write_days(exchange, symbol, interval, dict(sorted(frames.items())), complete={d: complete[d] for d in frames})
+        store.write_days(
+            exchange, symbol, interval, dict(sorted(frames.items())), complete={d: complete[d] for d in frames},
+            sources={d: sources.get(d, REST) for d in frames},
+        )
         report.written = True
     report.requests, report.retries = client.requests_made - before[0], client.retries_made - before[1]
     report.seconds["total"] = time.perf_counter() - started

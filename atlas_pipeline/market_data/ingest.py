@@ -322,12 +322,13 @@ def _ingest_chunk(
     _add_time(timings, "plan", started)
 
     sources: dict[dt.date, str] = {}
-    if archive is not None:
-        whole = [day for day, since in to_fetch if since == max(day_start_ms(day), listed_from)]
-        if whole:
-            client.check_market(symbol)
-            market_id = client.exchange.market(symbol)["id"]
-            got = fetch_from_archive(archive, market_id, timeframe, whole, closed_before, log)
+    whole = [day for day, since in to_fetch if since == max(day_start_ms(day), listed_from)] if archive is not None else []
+    if whole:
+        client.check_market(symbol)
+        market = client.exchange.market(symbol)
+        source = archive.for_market(market)  # a swap's files are futures files
+        if source is not None:
+            got = fetch_from_archive(source, market["id"], timeframe, whole, closed_before, log)
             frames.update(got.frames)
             sources.update(got.sources)
             to_fetch = [(day, since) for day, since in to_fetch if day not in got.frames]

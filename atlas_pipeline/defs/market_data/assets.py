@@ -39,7 +39,7 @@ from atlas_pipeline.market_data.emulator.in_process import in_process_emulator
 from atlas_pipeline.market_data.exchange_client import ExchangeClient, ExchangeConnection
 from atlas_pipeline.market_data.exchange_metadata import flagged_markets
 from atlas_pipeline.market_data.ingest import DayReport, IngestReport, IngestRequestFailed, ingest_days
-from atlas_pipeline.market_data.sources.binance_archive import BinanceArchive
+from atlas_pipeline.market_data.sources.binance_archive import FUTURES_UM, KLINES, MARK_PRICE_KLINES, SPOT, BinanceArchive
 from atlas_pipeline.market_data.store import CANDLES, MARK_PRICE_CANDLES, Dataset
 
 MARKET_DATA_GROUP = "market_data"
@@ -71,12 +71,15 @@ def exchange_connection(settings: ExchangeSettings, config_file: Path | None = N
     )
 
 
-def exchange_archive(settings: ExchangeSettings, log: object = None) -> BinanceArchive | None:
-    """The public archive closed history comes from (``history_source``); None: REST only."""
+def exchange_archive(settings: ExchangeSettings, log: object = None, kind: str = KLINES) -> BinanceArchive | None:
+    """The public archive closed history comes from (``history_source``); None: REST only.
+    ``kind``: trade candles (spot files; a swap's are taken from futures files), or the futures'
+    mark-price candles or funding events."""
     url = settings.effective_archive_url
     if url is None:
         return None
-    return BinanceArchive(url, timeout_seconds=settings.timeout_seconds, max_retries=settings.max_retries, log=log)
+    market = SPOT if kind == KLINES else FUTURES_UM
+    return BinanceArchive(url, market, kind, timeout_seconds=settings.timeout_seconds, max_retries=settings.max_retries, log=log)
 
 
 def build_ohlcv_asset(
@@ -106,7 +109,7 @@ def _ohlcv_asset(
 ) -> dg.AssetsDefinition:
     mark = dataset is MARK_PRICE_CANDLES
     what = "mark-price candles of the perpetual swaps" if mark else "OHLCV candles"
-    archive_url = None if mark else settings.effective_archive_url
+    archive_url = settings.effective_archive_url
 
     @dg.asset(
         key=key,
@@ -136,7 +139,7 @@ def _ohlcv_asset(
         client = ExchangeClient(exchange_connection(settings, config_file), log=context.log)
         if mark:
             client = client.for_price("mark")
-        archive = exchange_archive(settings, context.log) if not mark else None  # the archive has trade candles
+        archive = exchange_archive(settings, context.log, MARK_PRICE_KLINES if mark else KLINES)
         reports: list[IngestReport] = []
         # a universe entry's markets are known at run time only (exchange_metadata.yaml)
         markets = symbols if settings.universe is None else symbols_by_key(settings, metadata_file)

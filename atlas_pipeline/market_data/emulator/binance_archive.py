@@ -16,6 +16,18 @@ archive does and this reproduces:
 Zips are deterministic (fixed member time), so a file and its ``.CHECKSUM`` always agree. Futures
 files serve the same candles as spot (the emulator has one price path per market).
 
+USDⓈ-M futures also get, from the futures REST API's own data (``futures``:
+``BinanceFuturesApi``), so archive and REST agree:
+- ``futures/um/{monthly,daily}/markPriceKlines/<ID>/<tf>/...``: the mark-price candles
+  ``/fapi/v1/markPriceKlines`` serves, volumes 0;
+- ``futures/um/monthly/fundingRate/<ID>/<ID>-fundingRate-YYYY-MM.zip``: the month's funding
+  events of ``/fapi/v1/fundingRate``, header ``calc_time,funding_interval_hours,last_funding_rate``,
+  rates as the API's 8-decimal strings, and ``calc_time`` 0-3 ms after the grid time as Binance
+  stamps some events (the client rounds to the second, as it does over REST). Monthly only: a
+  daily funding path is a 404.
+The content faults act on these files too (``wrong_unit``: funding times in µs; ``wrong_columns``:
+a column short; ``outside_period``: the next month's first event; ``altered``: a wrong first rate).
+
 Faults (``faults.py``, endpoint ``archive``) act on one fetch of a file: decided when its
 ``.CHECKSUM`` is asked for and applied to the zip asked for next (or decided on the zip itself if
 no ``.CHECKSUM`` came first).
@@ -39,13 +51,23 @@ import pyarrow.csv as pacsv
 
 from atlas_pipeline.market_data.candles import DAY_MS, day_start_ms, timeframe_ms
 from atlas_pipeline.market_data.emulator.binance_api import derived_columns
+from atlas_pipeline.market_data.emulator.binance_futures_api import FUNDING_INTERVAL_MS, BinanceFuturesApi, funding_rates, mark_frame
 from atlas_pipeline.market_data.emulator.faults import FaultRule
 from atlas_pipeline.market_data.emulator.sources import CandleSource, UnknownSymbol, UnsupportedTimeframe
-from atlas_pipeline.market_data.sources.binance_archive import CSV_COLUMNS, expects_microseconds, period_bounds
+from atlas_pipeline.market_data.sources.binance_archive import (
+    CSV_COLUMNS,
+    FUNDING_CSV_COLUMNS,
+    FUNDING_RATE,
+    FUTURES_UM,
+    KLINES,
+    MARK_PRICE_KLINES,
+    expects_microseconds,
+    period_bounds,
+)
 
 _PATH = re.compile(
-    r"^/data/(?P<market>spot|futures/um)/(?P<cadence>monthly|daily)/klines/(?P<id>[A-Z0-9]+)/(?P<tf>[0-9]+[smhd])/"
-    r"(?P=id)-(?P=tf)-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.zip(?P<checksum>\.CHECKSUM)?$"
+    r"^/data/(?P<market>spot|futures/um)/(?P<cadence>monthly|daily)/(?P<kind>klines|markPriceKlines|fundingRate)/(?P<id>[A-Z0-9]+)/"
+    r"(?:(?P<tf>[0-9]+[smhd])/(?P=id)-(?P=tf)|(?P=id)-fundingRate)-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.zip(?P<checksum>\.CHECKSUM)?$"
 )
 _NOT_FOUND = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>'
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
@@ -60,10 +82,13 @@ class ArchiveReply:
 
 @dataclass
 class BinanceArchiveApi:
-    """Answers ``/data/...`` paths from ``source``; ``symbols`` maps Binance ids to ccxt symbols."""
+    """Answers ``/data/...`` paths from ``source``; ``symbols`` maps Binance ids to ccxt symbols;
+    ``futures``: the USDⓈ-M API whose swaps, mark prices and funding the futures files hold (None:
+    futures files hold the spot markets' candles, and no mark-price or funding files)."""
 
     source: CandleSource
     symbols: Mapping[str, str]
+    futures: BinanceFuturesApi | None = None
     monthly_lag_ms: int = 3 * DAY_MS
     daily_lag_ms: int = DAY_MS // 2
     missing: set[str] = field(default_factory=set)
@@ -80,6 +105,10 @@ class BinanceArchiveApi:
     def parse(path: str) -> re.Match[str] | None:
         match = _PATH.match(path)
         if match is None or (match["cadence"] == "monthly") != (len(match["period"]) == 7):
+            return None
+        if (match["kind"] == FUNDING_RATE) != (match["tf"] is None):
+            return None
+        if match["kind"] != KLINES and (match["market"] != FUTURES_UM or (match["kind"] == FUNDING_RATE and match["cadence"] != "monthly")):
             return None
         return match
 
@@ -119,21 +148,25 @@ class BinanceArchiveApi:
 
     def _published(self, match: re.Match[str], kinds: set[str], now: int) -> bytes | None:
         """The zip as published now (None: not published); content faults change the published file."""
-        symbol = self.symbols.get(match["id"])
-        period, market, timeframe = match["period"], match["market"], match["tf"]
-        if symbol is None or period in self.missing:
+        period, market, timeframe, kind = match["period"], match["market"], match["tf"], match["kind"]
+        swap = self.futures.symbols.get(match["id"]) if self.futures is not None and market == FUTURES_UM else None
+        symbol = self.futures.underlying[swap] if swap is not None else self.symbols.get(match["id"])
+        if symbol is None or period in self.missing or (kind != KLINES and swap is None):
             return None
         start, end = period_bounds(period)
         lag = self.monthly_lag_ms if len(period) == 7 else self.daily_lag_ms
         if end + lag > now:
             return None
         content = tuple(sorted(kinds & {"truncated_zip", "wrong_columns", "wrong_unit", "outside_period", "altered"}))
-        key = (market, symbol, timeframe, period, content)
+        key = (market, kind, symbol, timeframe, period, content)
         with self._lock:
             if key in self._files:
                 self._files.move_to_end(key)
                 return self._files[key]
-        zipped = self._build(market, symbol, match["id"], timeframe, period, start, end, set(content))
+        if kind == FUNDING_RATE:
+            zipped = self._build_funding(swap, match["id"], period, start, end, set(content), now)
+        else:
+            zipped = self._build(market, symbol, match["id"], timeframe, period, start, end, set(content), kind == MARK_PRICE_KLINES)
         with self._lock:
             self._files[key] = zipped
             while len(self._files) > self.cache_files:
@@ -141,7 +174,8 @@ class BinanceArchiveApi:
         return zipped
 
     def _build(
-        self, market: str, symbol: str, market_id: str, timeframe: str, period: str, start: int, end: int, faults: set[str]
+        self, market: str, symbol: str, market_id: str, timeframe: str, period: str, start: int, end: int, faults: set[str],
+        mark: bool = False,
     ) -> bytes | None:
         try:
             tf = timeframe_ms(timeframe)
@@ -150,6 +184,8 @@ class BinanceArchiveApi:
             return None
         if frame.empty:
             return None  # nothing traded in the period (before the listing): no file
+        if mark:
+            frame = mark_frame(frame)
         csv = klines_csv(
             frame["timestamp"].to_numpy(dtype="int64"),
             frame.loc[:, ["open", "high", "low", "close", "volume"]].to_numpy(dtype="float64"),
@@ -159,15 +195,47 @@ class BinanceArchiveApi:
             faults=faults,
             period_end=end,
         )
-        sink = io.BytesIO()
-        with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
-            archive.writestr(zipfile.ZipInfo(f"{market_id}-{timeframe}-{period}.csv", _ZIP_TIME), csv)
-        zipped = sink.getvalue()
-        return zipped[: len(zipped) // 2] if "truncated_zip" in faults else zipped
+        return _zipped(f"{market_id}-{timeframe}-{period}.csv", csv, faults)
+
+    def _build_funding(self, swap: str, market_id: str, period: str, start: int, end: int, faults: set[str], now: int) -> bytes | None:
+        assert self.futures is not None
+        times = self.futures.funding_times(swap, now)
+        times = times[(times >= start) & (times < end)]
+        if not len(times):
+            return None  # before the listing: no file
+        csv = funding_csv(times, funding_rates(self.futures.seed, swap, times), faults, end)
+        return _zipped(f"{market_id}-{FUNDING_RATE}-{period}.csv", csv, faults)
 
     def _header(self, market: str, start: int) -> bool:
         since = self.header_from.get(market)
         return since is not None and start >= day_start_ms(since)
+
+
+def _zipped(member: str, csv: bytes, faults: set[str]) -> bytes:
+    """A deterministic zip of one CSV (half of it for ``truncated_zip``)."""
+    sink = io.BytesIO()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
+        archive.writestr(zipfile.ZipInfo(member, _ZIP_TIME), csv)
+    zipped = sink.getvalue()
+    return zipped[: len(zipped) // 2] if "truncated_zip" in faults else zipped
+
+
+def funding_csv(times: np.ndarray, rates: np.ndarray, faults: set[str], period_end: int) -> bytes:
+    """A ``fundingRate`` file's CSV (header row; ``calc_time`` a few ms after the grid time)."""
+    stamps = times + (times // FUNDING_INTERVAL_MS) % 4
+    rates = rates.copy()
+    if "outside_period" in faults:
+        stamps[-1] = period_end  # the next month's first event
+    if "altered" in faults:
+        rates[0] += 1e-4
+    if "wrong_unit" in faults:
+        stamps = stamps * 1000
+    hours = FUNDING_INTERVAL_MS // 3_600_000
+    rows = [[str(int(t)), str(hours), f"{r:.8f}"] for t, r in zip(stamps.tolist(), rates.tolist())]
+    columns = list(FUNDING_CSV_COLUMNS)
+    if "wrong_columns" in faults:
+        columns, rows = columns[::2], [row[::2] for row in rows]
+    return ("\n".join(",".join(row) for row in [columns, *rows]) + "\n").encode()
 
 
 def klines_csv(

@@ -188,7 +188,11 @@ class EmulatorServer:
         self.source = source
         self.exchange = exchange
         self.api = APIS[exchange](source, frozenset(delisted), frozenset(removed), **api_options)
-        self.archive = BinanceArchiveApi(source, self.api.symbols, **(archive or {})) if exchange == "binance" else None
+        self.archive = (
+            BinanceArchiveApi(source, self.api.symbols, getattr(self.api, "futures", None), **(archive or {}))
+            if exchange == "binance"
+            else None
+        )
         self._clock = clock or getattr(source, "now", None) or wall_clock_ms
         self._plan = FaultPlan(faults)
         self._stats = _Stats()
