@@ -13,15 +13,23 @@ SENSOR_INTERVAL_ENV = "ATLAS_SENSOR_INTERVAL_SECONDS"
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
 
 
+def env_seconds(name: str, kind: type[int] | type[float], minimum: float) -> int | float | None:
+    """The number of seconds in environment variable ``name`` (``None`` when unset or blank); a value
+    that is not a ``kind`` at least ``minimum`` raises, naming the variable."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    what = "a whole number of seconds" if kind is int else "a number of seconds"
+    try:
+        seconds = kind(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: must be {what}") from None
+    if seconds < minimum:
+        raise ValueError(f"{name}={value!r}: must be at least {minimum:g}")
+    return seconds
+
+
 def sensor_interval_seconds() -> int:
     """``ATLAS_SENSOR_INTERVAL_SECONDS`` if set (a whole number of seconds >= 1), else 30."""
-    value = os.environ.get(SENSOR_INTERVAL_ENV, "").strip()
-    if not value:
-        return DEFAULT_SENSOR_INTERVAL_SECONDS
-    try:
-        seconds = int(value)
-    except ValueError:
-        raise ValueError(f"{SENSOR_INTERVAL_ENV}={value!r}: must be a whole number of seconds") from None
-    if seconds < 1:
-        raise ValueError(f"{SENSOR_INTERVAL_ENV}={value!r}: must be at least 1 second")
-    return seconds
+    seconds = env_seconds(SENSOR_INTERVAL_ENV, int, 1)
+    return DEFAULT_SENSOR_INTERVAL_SECONDS if seconds is None else int(seconds)

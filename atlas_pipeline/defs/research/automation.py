@@ -20,7 +20,6 @@ trigger lives here.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Mapping
 
@@ -29,7 +28,7 @@ import dagster as dg
 from atlas_pipeline.config.backtests import BacktestSettings
 from atlas_pipeline.config.exchanges import ExchangeSettings
 from atlas_pipeline.config.portfolios import PortfolioSettings
-from atlas_pipeline.defs.sensor_interval import sensor_interval_seconds
+from atlas_pipeline.defs.sensor_interval import env_seconds, sensor_interval_seconds
 from atlas_pipeline.defs.research.reruns import (
     MAX_RUNS_PER_TICK,
     RerunCursor,
@@ -51,15 +50,9 @@ one event insert or batch; ticks are 30 s apart by default, so reruns start one 
 def settle_seconds(instance: dg.DagsterInstance) -> float:
     """``ATLAS_RERUN_SETTLE_SECONDS`` if set; else 0 on SQLite (one writer: ids commit in order),
     ``SETTLE_SECONDS`` on other storages (PostgreSQL commits concurrent inserts in any order)."""
-    value = os.environ.get(SETTLE_ENV, "").strip()
-    if value:
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise ValueError(f"{SETTLE_ENV}={value!r}: must be a number of seconds") from None
-        if seconds < 0:
-            raise ValueError(f"{SETTLE_ENV}={value!r}: must be at least 0")
-        return seconds
+    seconds = env_seconds(SETTLE_ENV, float, 0)
+    if seconds is not None:
+        return float(seconds)
     return 0.0 if _sqlite_event_log(instance) else SETTLE_SECONDS
 
 
